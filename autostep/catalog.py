@@ -1,0 +1,190 @@
+"""The workflow catalog: projects, workflows and their immutable versions.
+
+Publishing a definition validates it completely (:func:`parse_definition`)
+and stores a new :class:`WorkflowVersion` with its steps and transitions;
+nothing is written if anything is wrong. Runs pin a version, and
+:func:`load_version` caches versions per process: they never change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from autostep.definitions import StepDefinition, TransitionDefinition, parse_definition
+from autostep.exceptions import ConflictError, NotFoundError
+from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
+
+__all__ = [
+    "CompiledVersion",
+    "create_project",
+    "get_project",
+    "get_workflow",
+    "latest_version",
+    "load_version",
+    "publish_workflow",
+]
+
+
+@dataclass(frozen=True)
+class CompiledVersion:
+    """A workflow version as the engine uses it."""
+
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    number: int
+    start_step: str
+    steps: dict[str, StepDefinition]
+
+    def step(self, name: str) -> StepDefinition:
+        return self.steps[name]
+
+    def transitions(self, source: str) -> list[TransitionDefinition]:
+        return self.steps[source].next
+
+
+_VERSIONS: dict[uuid.UUID, CompiledVersion] = {}
+
+
+def create_project(session: Session, name: str, description: str = "") -> Project:
+    """A new project; :class:`ConflictError` if the name is taken."""
+    project = Project(name=name, description=description)
+    try:
+        with session.begin_nested():
+            session.add(project)
+    except IntegrityError as exc:
+        raise ConflictError(f"project {name!r} exists already") from exc
+    return project
+
+
+def get_project(session: Session, name_or_id: str | uuid.UUID) -> Project:
+    project = session.scalar(select(Project).where(_by_name_or_id(Project, name_or_id)))
+    if project is None:
+        raise NotFoundError(f"no project {name_or_id!r}")
+    return project
+
+
+def get_workflow(session: Session, project: str | uuid.UUID, name_or_id: str) -> Workflow:
+    query = select(Workflow).join(Project).where(_by_name_or_id(Project, project))
+    workflow = session.scalar(query.where(_by_name_or_id(Workflow, name_or_id)))
+    if workflow is None:
+        raise NotFoundError(f"no workflow {name_or_id!r} in project {project!r}")
+    return workflow
+
+
+def publish_workflow(
+    session: Session, project: str | uuid.UUID, definition: dict[str, Any]
+) -> WorkflowVersion:
+    """Validate ``definition`` and store it as the workflow's next version.
+
+    Creates the workflow on its first version. Raises
+    :class:`~autostep.exceptions.DefinitionError` naming the bad field.
+    """
+    parsed = parse_definition(definition)
+    owner = get_project(session, project)
+    workflow = session.scalar(
+        select(Workflow)
+        .where(Workflow.project_id == owner.id, Workflow.name == parsed.name)
+        .with_for_update()
+    )
+    if workflow is None:
+        workflow = Workflow(project_id=owner.id, name=parsed.name, description=parsed.description)
+        session.add(workflow)
+        session.flush()
+    number = session.scalar(
+        select(func.coalesce(func.max(WorkflowVersion.number), 0)).where(
+            WorkflowVersion.workflow_id == workflow.id
+        )
+    )
+    version = WorkflowVersion(
+        workflow_id=workflow.id,
+        number=(number or 0) + 1,
+        definition=parsed.model_dump(mode="json", exclude_none=True),
+        start_step=parsed.start_step,
+    )
+    session.add(version)
+    session.flush()
+    for position, step in enumerate(parsed.steps):
+        session.add(
+            Step(
+                version_id=version.id,
+                position=position,
+                name=step.name,
+                function=step.function,
+                config=step.config,
+                input=step.input,
+                for_each=step.for_each,
+                retries=step.retries,
+                backoff=step.backoff,
+                timeout=step.timeout,
+                is_start=step.name == parsed.start_step,
+            )
+        )
+        for index, transition in enumerate(step.next):
+            session.add(
+                Transition(
+                    version_id=version.id,
+                    position=index,
+                    source=step.name,
+                    target=transition.to,
+                    condition=transition.when,
+                )
+            )
+    session.flush()
+    return version
+
+
+def latest_version(session: Session, workflow_id: uuid.UUID) -> WorkflowVersion:
+    version = session.scalar(
+        select(WorkflowVersion)
+        .where(WorkflowVersion.workflow_id == workflow_id)
+        .order_by(WorkflowVersion.number.desc())
+        .limit(1)
+    )
+    if version is None:
+        raise NotFoundError(f"workflow {workflow_id} has no version")
+    return version
+
+
+def load_version(session: Session, version_id: uuid.UUID) -> CompiledVersion:
+    """The version ``version_id``, from the process cache or the database."""
+    cached = _VERSIONS.get(version_id)
+    if cached is not None:
+        return cached
+    row = session.get(WorkflowVersion, version_id)
+    if row is None:
+        raise NotFoundError(f"no workflow version {version_id}")
+    steps = {step.name: _step_definition(step, row.transitions) for step in row.steps}
+    compiled = CompiledVersion(row.id, row.workflow_id, row.number, row.start_step, steps)
+    _VERSIONS[version_id] = compiled
+    return compiled
+
+
+def _step_definition(step: Step, transitions: list[Transition]) -> StepDefinition:
+    return StepDefinition(
+        name=step.name,
+        function=step.function,
+        config=step.config,
+        input=step.input,
+        for_each=step.for_each,
+        retries=step.retries,
+        backoff=step.backoff,
+        timeout=step.timeout,
+        next=[
+            TransitionDefinition(to=t.target, when=t.condition)
+            for t in transitions
+            if t.source == step.name
+        ],
+    )
+
+
+def _by_name_or_id(model: type[Project] | type[Workflow], key: str | uuid.UUID) -> Any:
+    try:
+        return model.id == uuid.UUID(str(key))
+    except ValueError:
+        return model.name == str(key)

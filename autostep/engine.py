@@ -1,0 +1,427 @@
+"""The engine: start jobs, and move them on when a process finishes or fails.
+
+Every function here runs inside the caller's transaction and writes, with the
+rows it changes, the outbox rows that announce them: step messages for the
+next processes and ``job.updated`` / ``process.updated`` events. Each one
+locks the job row before it writes to the outbox, so the transactions of one
+job commit one after another and their outbox ``seq`` follows commit order.
+Lock order is process, then job, then fan-out parent; keep it.
+
+Flow of a job::
+
+    start_job ──► process queued ──► (runner) mark_running ──► function
+         ▲                                                        │
+         └── next step(s) ◄── complete_process ◄── ok ────────────┤
+                              fail_attempt ◄────── error ─────────┘
+                              (retry later, or fail process and job)
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
+from autostep.conditions import evaluate, evaluate_condition
+from autostep.definitions import StepDefinition
+from autostep.exceptions import NotFoundError, PermanentError
+from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
+from autostep.outbox import OutboxWriter
+
+__all__ = [
+    "complete_process",
+    "fail_attempt",
+    "job_event",
+    "mark_running",
+    "process_event",
+    "start_job",
+    "step_policy",
+]
+
+
+def start_job(
+    session: Session,
+    project: str | uuid.UUID,
+    workflow: str,
+    input: dict[str, Any],
+    *,
+    trigger: str = "api",
+    version: int | None = None,
+) -> Job:
+    """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    wf = get_workflow(session, project, workflow)
+    row = latest_version(session, wf.id)
+    if version is not None and version != row.number:
+        match = [v for v in wf.versions if v.number == version]
+        if not match:
+            raise NotFoundError(f"workflow {workflow!r} has no version {version}")
+        row = match[0]
+    compiled = load_version(session, row.id)
+    job = Job(
+        id=uuid.uuid4(),
+        workflow_id=wf.id,
+        version_id=compiled.id,
+        status=JobStatus.RUNNING,
+        trigger=trigger,
+        input=input,
+        version=1,
+    )
+    session.add(job)
+    session.flush()
+    out = OutboxWriter(session, job.id)
+    out.event("job.updated", job.id, job_event(job))
+    _enter_step(session, out, job, compiled, compiled.step(compiled.start_step), prev=None)
+    out.flush()
+    return job
+
+
+def mark_running(session: Session, process_id: uuid.UUID, attempt: int) -> Process | None:
+    """Record that a runner started ``attempt`` of a process.
+
+    Returns None when the message is stale: the process finished, moved to
+    another attempt, or its job ended (then it is cancelled here).
+    """
+    process = session.get(Process, process_id, with_for_update=True)
+    if process is None or process.attempt != attempt or ProcessStatus(process.status).finished:
+        return None
+    job = _lock_job(session, process.job_id)
+    out = OutboxWriter(session, job.id)
+    if JobStatus(job.status).finished:
+        _set_process(out, process, ProcessStatus.CANCELLED)
+        out.flush()
+        return None
+    if process.status != ProcessStatus.RUNNING:
+        process.started_at = _now()
+        _set_process(out, process, ProcessStatus.RUNNING)
+        out.flush()
+    return process
+
+
+def complete_process(session: Session, process_id: uuid.UUID, output: dict[str, Any]) -> None:
+    """A process succeeded with ``output``: take the next step or end the job.
+
+    Raises :class:`PermanentError` when a transition or the next step's input
+    cannot be evaluated; the caller rolls back and fails the process.
+    """
+    process = _lock_process(session, process_id)
+    job = _lock_job(session, process.job_id)
+    out = OutboxWriter(session, job.id)
+    process.output = output
+    process.error = None
+    process.finished_at = _now()
+    _set_process(out, process, ProcessStatus.SUCCEEDED)
+    if not JobStatus(job.status).finished:
+        version = load_version(session, job.version_id)
+        if process.parent_id is None:
+            _advance(session, out, job, version, process.step, output)
+        else:
+            _join_child(session, out, job, version, process.parent_id)
+    out.flush()
+
+
+def fail_attempt(
+    session: Session, process_id: uuid.UUID, attempt: int, error: str, retry_in: float | None
+) -> bool:
+    """Attempt ``attempt`` failed; retry in ``retry_in`` seconds or fail for good.
+
+    With ``retry_in`` None the process, its fan-out parent and the job fail,
+    and the job's other unfinished processes are cancelled. Returns whether a
+    retry was scheduled. A stale attempt changes nothing.
+    """
+    process = session.get(Process, process_id, with_for_update=True)
+    if process is None or process.attempt != attempt or ProcessStatus(process.status).finished:
+        return False
+    job = _lock_job(session, process.job_id)
+    out = OutboxWriter(session, job.id)
+    process.error = error
+    if retry_in is not None and not JobStatus(job.status).finished:
+        process.attempt += 1
+        _set_process(out, process, ProcessStatus.QUEUED)
+        version = load_version(session, job.version_id)
+        out.step(process.function, _step_message(process, job, version), delay=retry_in)
+        out.flush()
+        return True
+    process.finished_at = _now()
+    _set_process(out, process, ProcessStatus.FAILED)
+    if not JobStatus(job.status).finished:
+        if process.parent_id is not None:
+            parent = _lock_process(session, process.parent_id)
+            parent.error = f"item {process.item_index} failed"
+            parent.finished_at = _now()
+            _set_process(out, parent, ProcessStatus.FAILED)
+        _cancel_unfinished(session, out, job)
+        _finish_job(out, job, JobStatus.FAILED, error=f"step {process.step!r} failed: {error}")
+    out.flush()
+    return False
+
+
+# -- building blocks --------------------------------------------------------
+
+
+def _advance(
+    session: Session,
+    out: OutboxWriter,
+    job: Job,
+    version: CompiledVersion,
+    step_name: str,
+    output: dict[str, Any],
+) -> None:
+    """Take the first transition of ``step_name`` that holds, or end the job."""
+    variables = {"output": output, "input": job.input}
+    for index, transition in enumerate(version.transitions(step_name)):
+        field = f"{step_name}.next[{index}]"
+        if transition.when is None or evaluate_condition(transition.when, variables, field=field):
+            target = version.step(transition.to)
+            _enter_step(session, out, job, version, target, prev=output)
+            return
+    _finish_job(out, job, JobStatus.SUCCEEDED, output=output)
+
+
+def _enter_step(
+    session: Session,
+    out: OutboxWriter,
+    job: Job,
+    version: CompiledVersion,
+    step: StepDefinition,
+    prev: dict[str, Any] | None,
+) -> None:
+    """Queue ``step``: one process, or a fan-out parent with one child per item.
+
+    ``prev`` is the output of the step before, None for the start step.
+    """
+    if step.for_each is None:
+        process = _new_process(job, step, _step_input(step, job.input, prev))
+        session.add(process)
+        session.flush()
+        out.event("process.updated", process.id, process_event(process))
+        out.step(step.function, _step_message(process, job, version))
+        return
+    variables = {"input": job.input, "prev": prev or {}}
+    items = evaluate(step.for_each, variables, field=f"{step.name}.for_each")
+    if not isinstance(items, list):
+        raise PermanentError(f"{step.name}.for_each: gave {type(items).__name__}, not a list")
+    parent = _new_process(job, step, {"items": items})
+    parent.kind = ProcessKind.FANOUT
+    parent.status = ProcessStatus.RUNNING
+    parent.started_at = _now()
+    parent.pending = len(items)
+    session.add(parent)
+    session.flush()
+    out.event("process.updated", parent.id, process_event(parent))
+    if not items:
+        parent.output = {"items": []}
+        parent.finished_at = _now()
+        _set_process(out, parent, ProcessStatus.SUCCEEDED)
+        _advance(session, out, job, version, step.name, parent.output)
+        return
+    children = []
+    for index, item in enumerate(items):
+        data = _step_input(step, job.input, prev, item=item, index=index)
+        child = _new_process(job, step, data, parent_id=parent.id, item_index=index)
+        children.append(child)
+    session.add_all(children)
+    session.flush()
+    for child in children:
+        out.event("process.updated", child.id, process_event(child))
+        out.step(step.function, _step_message(child, job, version))
+
+
+def _join_child(
+    session: Session,
+    out: OutboxWriter,
+    job: Job,
+    version: CompiledVersion,
+    parent_id: uuid.UUID,
+) -> None:
+    """One child of a fan-out finished; the last one completes the parent."""
+    parent = _lock_process(session, parent_id)
+    assert parent.pending is not None
+    parent.pending -= 1
+    if parent.pending > 0:
+        return
+    outputs = session.scalars(
+        select(Process.output).where(Process.parent_id == parent.id).order_by(Process.item_index)
+    ).all()
+    parent.output = {"items": list(outputs)}
+    parent.finished_at = _now()
+    _set_process(out, parent, ProcessStatus.SUCCEEDED)
+    _advance(session, out, job, version, parent.step, parent.output)
+
+
+def _step_input(
+    step: StepDefinition,
+    job_input: dict[str, Any],
+    prev: dict[str, Any] | None,
+    *,
+    item: Any = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    """The input of a step.
+
+    With an ``input`` mapping: the step's config overlaid with the mapped
+    fields. Without: what flows in (the job's input for the start step, the
+    step before's output, or a fan-out item) overlaid with the config.
+    """
+    if step.input is not None:
+        variables: dict[str, Any] = {"input": job_input, "prev": prev or {}}
+        if index is not None:
+            variables.update(item=item, index=index)
+        mapped = {
+            key: evaluate(source, variables, field=f"{step.name}.input.{key}")
+            for key, source in step.input.items()
+        }
+        return {**step.config, **mapped}
+    if index is not None:
+        return {**step.config, **(item if isinstance(item, dict) else {"item": item})}
+    flowing = job_input if prev is None else prev
+    return {**flowing, **step.config}
+
+
+def _new_process(
+    job: Job,
+    step: StepDefinition,
+    data: dict[str, Any],
+    *,
+    parent_id: uuid.UUID | None = None,
+    item_index: int | None = None,
+) -> Process:
+    return Process(
+        id=uuid.uuid4(),
+        job_id=job.id,
+        parent_id=parent_id,
+        kind=ProcessKind.TASK,
+        step=step.name,
+        function=step.function,
+        item_index=item_index,
+        status=ProcessStatus.QUEUED,
+        attempt=1,
+        input=data,
+        version=1,
+    )
+
+
+def _step_message(process: Process, job: Job, version: CompiledVersion) -> dict[str, Any]:
+    """The body of a step message: everything a runner needs, no catalog read."""
+    return {
+        "process_id": str(process.id),
+        "job_id": str(job.id),
+        "step": process.step,
+        "function": process.function,
+        "attempt": process.attempt,
+        "input": process.input,
+        "policy": step_policy(version, process.step),
+    }
+
+
+_VERSION_STEP_POLICY: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+
+
+def step_policy(version: CompiledVersion, step_name: str) -> dict[str, Any]:
+    """A step's retry settings that override its function's defaults."""
+    key = (version.id, step_name)
+    if key not in _VERSION_STEP_POLICY:
+        step = version.step(step_name)
+        _VERSION_STEP_POLICY[key] = {
+            "retries": step.retries,
+            "backoff": step.backoff,
+            "timeout": step.timeout,
+        }
+    return _VERSION_STEP_POLICY[key]
+
+
+def _cancel_unfinished(session: Session, out: OutboxWriter, job: Job) -> None:
+    unfinished = [ProcessStatus.QUEUED, ProcessStatus.RUNNING]
+    rows = session.scalars(
+        update(Process)
+        .where(Process.job_id == job.id, Process.status.in_(unfinished))
+        .values(status=ProcessStatus.CANCELLED, finished_at=_now(), version=Process.version + 1)
+        .returning(Process),
+        execution_options={"synchronize_session": "fetch"},
+    ).all()
+    for row in rows:
+        out.event("process.updated", row.id, process_event(row))
+
+
+def _finish_job(
+    out: OutboxWriter,
+    job: Job,
+    status: JobStatus,
+    *,
+    output: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    job.status = status
+    job.output = output
+    job.error = error
+    job.finished_at = _now()
+    job.version += 1
+    out.event("job.updated", job.id, job_event(job))
+
+
+def _set_process(out: OutboxWriter, process: Process, status: ProcessStatus) -> None:
+    process.status = status
+    process.version += 1
+    out.event("process.updated", process.id, process_event(process))
+
+
+def _lock_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    return job
+
+
+def _lock_process(session: Session, process_id: uuid.UUID) -> Process:
+    process = session.get(Process, process_id, with_for_update=True, populate_existing=True)
+    if process is None:
+        raise NotFoundError(f"no process {process_id}")
+    return process
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_event(job: Job) -> dict[str, Any]:
+    """The payload of ``job.updated``: the job as the grid shows it."""
+    return {
+        "id": str(job.id),
+        "workflow_id": str(job.workflow_id),
+        "version_id": str(job.version_id),
+        "status": str(job.status),
+        "trigger": job.trigger,
+        "output": job.output,
+        "error": job.error,
+        "version": job.version,
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def process_event(process: Process) -> dict[str, Any]:
+    """The payload of ``process.updated``."""
+    finished = ProcessStatus(process.status).finished
+    return {
+        "id": str(process.id),
+        "job_id": str(process.job_id),
+        "parent_id": str(process.parent_id) if process.parent_id else None,
+        "kind": str(process.kind),
+        "step": process.step,
+        "function": process.function,
+        "item_index": process.item_index,
+        "status": str(process.status),
+        "attempt": process.attempt,
+        "error": process.error,
+        "output": process.output if finished else None,
+        "version": process.version,
+        "started_at": _iso(process.started_at),
+        "finished_at": _iso(process.finished_at),
+    }
+

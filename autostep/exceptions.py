@@ -1,0 +1,80 @@
+"""Every error autostep raises, in one tree.
+
+::
+
+    AutostepError
+    ├── StepError                 raised by user functions to steer retries
+    │   ├── RetryableError        try again after ``delay`` (or the backoff)
+    │   └── PermanentError        fail the process now, no more attempts
+    ├── DefinitionError           a workflow definition is invalid
+    │   └── ConditionError        a CEL expression does not compile
+    ├── NotFoundError             a project, workflow, version or job is missing
+    ├── ConflictError             the thing exists already / wrong state
+    └── InfrastructureError       the database or broker misbehaved
+
+Boundaries (the gateway, the CLI, nameko entrypoints) translate these into HTTP
+statuses, exit codes and RPC errors; inside the engine they travel as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutostepError",
+    "ConditionError",
+    "ConflictError",
+    "DefinitionError",
+    "InfrastructureError",
+    "NotFoundError",
+    "PermanentError",
+    "RetryableError",
+    "StepError",
+]
+
+
+class AutostepError(Exception):
+    """Base class of every autostep error."""
+
+
+class StepError(AutostepError):
+    """Raised by a step function to tell the engine what to do with a failure."""
+
+
+class RetryableError(StepError):
+    """The step failed for a passing reason; run it again after ``delay`` seconds.
+
+    Without ``delay`` the step's backoff policy decides. Once the step's
+    ``retries`` are spent the process fails like on a :class:`PermanentError`.
+    """
+
+    def __init__(self, message: str = "", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(StepError):
+    """The step failed and trying again will not help: fail the process now."""
+
+
+class DefinitionError(AutostepError):
+    """A workflow definition was rejected; ``field`` names the offending part."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ConditionError(DefinitionError):
+    """A CEL expression failed to compile."""
+
+
+class NotFoundError(AutostepError):
+    """A project, workflow, version, job or process does not exist."""
+
+
+class ConflictError(AutostepError):
+    """The request clashes with existing state (a duplicate name, a finished job)."""
+
+
+class InfrastructureError(AutostepError):
+    """PostgreSQL or RabbitMQ failed in a way the caller cannot fix."""

@@ -1,0 +1,22 @@
+"""The autostep schema, one module per service: catalog, runs, messaging."""
+
+from autostep.models.base import Base
+from autostep.models.catalog import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.models.messaging import Inbox, Outbox
+from autostep.models.runs import Job, JobStatus, Process, ProcessKind, ProcessStatus
+
+__all__ = [
+    "Base",
+    "Inbox",
+    "Job",
+    "JobStatus",
+    "Outbox",
+    "Process",
+    "ProcessKind",
+    "ProcessStatus",
+    "Project",
+    "Step",
+    "Transition",
+    "Workflow",
+    "WorkflowVersion",
+]

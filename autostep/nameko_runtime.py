@@ -1,0 +1,49 @@
+"""Runs nameko service classes in this process, configured from the settings.
+
+What ``nameko run`` does, for ``autostep functions run`` and
+``autostep gateway run``: eventlet must already be monkey-patched (the CLI
+does it first thing), then psycopg is made cooperative, nameko's config is
+filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import eventlet
+from nameko import config
+from nameko.runners import ServiceRunner
+
+from autostep.cooperative import make_psycopg_cooperative
+from autostep.settings import get_settings
+
+__all__ = ["nameko_config", "run_services"]
+
+
+def nameko_config() -> dict[str, Any]:
+    """nameko's configuration for autostep services."""
+    settings = get_settings()
+    return {
+        "AMQP_URI": settings.amqp_uri,
+        "DATABASE_URL": settings.database_url,
+        "max_workers": settings.max_workers,
+        "PREFETCH_COUNT": settings.prefetch_count,
+    }
+
+
+def run_services(services: list[type]) -> None:
+    """Serve ``services`` until the process is told to stop."""
+    make_psycopg_cooperative()
+    config.update(nameko_config())
+    runner = ServiceRunner()
+    for service in services:
+        runner.add_service(service)
+
+    def shutdown(signum: int, frame: Any) -> None:
+        eventlet.spawn_n(runner.stop)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    runner.start()
+    runner.wait()

@@ -1,0 +1,83 @@
+"""Writes outbox rows inside the caller's transaction.
+
+This is the only way autostep sends a message: :class:`OutboxWriter` collects
+step messages and events while the engine changes rows, and
+:meth:`OutboxWriter.flush` inserts them in one statement, in the same
+transaction. The relay publishes them after the commit. Rows of one job go
+to one shard (``job_id`` modulo :data:`SHARDS`) so one relay publishes them,
+in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from autostep.models import Outbox
+from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE
+
+__all__ = ["SHARDS", "OutboxWriter", "shard_of"]
+
+#: Fixed for the life of a database: relays divide these shards among them.
+SHARDS = 64
+
+
+def shard_of(job_id: uuid.UUID) -> int:
+    return job_id.int % SHARDS
+
+
+class OutboxWriter:
+    """Collects the messages of one transaction of one job."""
+
+    def __init__(self, session: Session, job_id: uuid.UUID) -> None:
+        self.session = session
+        self.job_id = job_id
+        self.rows: list[dict[str, Any]] = []
+
+    def step(self, function: str, payload: dict[str, Any], *, delay: float = 0.0) -> uuid.UUID:
+        """A message that runs ``function``; ``delay`` seconds later if given."""
+        available_at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
+        return self._add(
+            aggregate_type="process",
+            aggregate_id=payload["process_id"],
+            type="step",
+            exchange=STEPS_EXCHANGE,
+            routing_key=function,
+            mandatory=True,
+            payload=payload,
+            available_at=available_at,
+        )
+
+    def event(self, type_: str, aggregate_id: uuid.UUID, payload: dict[str, Any]) -> uuid.UUID:
+        """An event such as ``job.updated`` for followers of runs."""
+        return self._add(
+            aggregate_type=type_.split(".", 1)[0],
+            aggregate_id=aggregate_id,
+            type=type_,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=type_,
+            mandatory=False,
+            payload=payload,
+            available_at=None,
+        )
+
+    def _add(self, *, available_at: datetime | None, **row: Any) -> uuid.UUID:
+        row_id = uuid.uuid4()
+        row.update(id=row_id, shard=shard_of(self.job_id), attempts=0)
+        if available_at is not None:
+            row["available_at"] = available_at
+        self.rows.append(row)
+        return row_id
+
+    def flush(self) -> None:
+        """Insert what was collected; call it once, last, in the transaction."""
+        immediate = [row for row in self.rows if "available_at" not in row]
+        delayed = [row for row in self.rows if "available_at" in row]
+        for rows in (immediate, delayed):
+            if rows:
+                self.session.execute(insert(Outbox), rows)
+        self.rows.clear()

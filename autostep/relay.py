@@ -1,0 +1,328 @@
+"""The relay (the notes' "outbox agent"): drains the outbox into RabbitMQ.
+
+One loop per relay process:
+
+1. **Own shards.** Outbox rows carry ``shard = job_id % 64``. Each relay
+   holds a membership advisory lock plus session advisory locks on its
+   shards, and every few seconds rebalances to ``ceil(64 / relays)`` shards,
+   counting relays from ``pg_locks``. A relay that dies loses its session and
+   its locks, and the others take its shards over. One shard has one
+   owner, so **the rows of one job are published in ``seq`` order**, which is
+   the order their transactions committed (every writer of a job locks the
+   job row first).
+2. **Claim** due rows of its shards in one round trip
+   (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``),
+   leasing them with a fresh token.
+3. **Publish** them in ``seq`` order on one confirm-mode channel, pipelined,
+   step messages with ``mandatory`` set; the outbox id is the AMQP
+   ``message_id``, which consumers record in their inbox.
+4. **Delete** the confirmed rows whose lease token is still ours. Nacked or
+   returned rows are released with a backoff (``available_at``).
+5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
+   insert), the next delayed row, or the polling fallback.
+
+Publishing twice is possible (a crash between publish and delete); consumers
+are idempotent through the inbox, so the effect happens once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import amqp
+import psycopg
+from psycopg.rows import dict_row
+
+from autostep.outbox import SHARDS
+from autostep.settings import Settings, get_settings
+from autostep.topology import declare_base, declare_step_queue
+
+__all__ = ["Relay", "libpq_dsn"]
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock namespaces (the first key of pg_advisory_lock(int, int)).
+MEMBER_LOCK = 0x61730001
+SHARD_LOCK = 0x61730002
+REBALANCE_SECONDS = 5.0
+RELEASE_BACKOFF_SECONDS = 2.0
+
+CLAIM = """
+UPDATE outbox SET lease_token = %(token)s,
+                  lease_until = now() + make_interval(secs => %(lease)s),
+                  attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE shard = ANY(%(shards)s) AND available_at <= now()
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, seq, type, exchange, routing_key, mandatory, payload, attempts
+"""
+DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s) AND lease_token = %(token)s"
+RELEASE = """
+UPDATE outbox SET lease_token = NULL, lease_until = NULL,
+                  available_at = now() + make_interval(secs => %(delay)s)
+WHERE id = ANY(%(ids)s) AND lease_token = %(token)s
+"""
+NEXT_DUE = """
+SELECT extract(epoch FROM min(available_at) - now()) FROM outbox
+WHERE shard = ANY(%(shards)s) AND lease_token IS NULL
+"""
+MEMBERS = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND classid = %(ns)s AND objsubid = 2 AND granted
+"""
+
+
+def libpq_dsn(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@dataclass
+class _Batch:
+    """Publishes of one pass, waiting for their confirms."""
+
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery tag -> row
+    acked: set[uuid.UUID] = field(default_factory=set)
+    failed: set[uuid.UUID] = field(default_factory=set)
+    outstanding: set[int] = field(default_factory=set)
+
+
+class Relay:
+    """Claims outbox rows of its shards and publishes them with confirms."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.stopping = threading.Event()
+        self.shards: set[int] = set()
+        self.published = 0
+        self._db: psycopg.Connection[Any] | None = None
+        self._amqp: amqp.Connection | None = None
+        self._channel: Any = None
+        self._declared: set[str] = set()
+        self._batch = _Batch()
+        self._next_tag = 1
+        self._rebalanced_at = 0.0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def connect(self) -> None:
+        db = psycopg.connect(libpq_dsn(self.settings.database_url), autocommit=True)
+        db.execute("SELECT pg_advisory_lock(%s, %s)", (MEMBER_LOCK, os.getpid() & 0x7FFFFFFF))
+        db.execute("LISTEN autostep_outbox")
+        self._db = db
+        conn = amqp.Connection(**_amqp_params(self.settings.amqp_uri))
+        conn.connect()
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
+        declare_base(channel)
+        self._amqp, self._channel = conn, channel
+        self._declared.clear()
+        self._next_tag = 1
+        self.rebalance()
+
+    def close(self) -> None:
+        for resource in (self._amqp, self._db):
+            if resource is not None:
+                try:
+                    resource.close()
+                except Exception:  # closing a broken connection
+                    log.debug("error while closing", exc_info=True)
+        self._amqp = self._db = self._channel = None
+        self.shards.clear()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Relay until :meth:`stop`; reconnect with backoff on failures."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.connect()
+                delay = 0.5
+                self._loop()
+            except (psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
+                log.warning("relay lost a connection (%s); retrying in %.1fs", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 15.0)
+            finally:
+                self.close()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            if time.monotonic() - self._rebalanced_at > REBALANCE_SECONDS:
+                self.rebalance()
+            if self.pass_once() >= self.settings.relay_batch_size:
+                continue
+            self._wait(self._idle_timeout())
+
+    # -- shards -------------------------------------------------------------
+
+    def rebalance(self) -> None:
+        """Hold ``ceil(SHARDS / relays)`` shards: release extras, take free ones."""
+        db = self._require_db()
+        members = db.execute(MEMBERS, {"ns": MEMBER_LOCK}).fetchone()
+        fair = math.ceil(SHARDS / max(1, members[0] if members else 1))
+        for shard in sorted(self.shards)[fair:]:
+            db.execute("SELECT pg_advisory_unlock(%s, %s)", (SHARD_LOCK, shard))
+            self.shards.discard(shard)
+        start = random.randrange(SHARDS)
+        for offset in range(SHARDS):
+            if len(self.shards) >= fair:
+                break
+            shard = (start + offset) % SHARDS
+            if shard in self.shards:
+                continue
+            got = db.execute("SELECT pg_try_advisory_lock(%s, %s)", (SHARD_LOCK, shard)).fetchone()
+            if got and got[0]:
+                self.shards.add(shard)
+        self._rebalanced_at = time.monotonic()
+
+    # -- one pass -----------------------------------------------------------
+
+    def pass_once(self) -> int:
+        """Claim, publish and delete one batch; return how many rows it held."""
+        if not self.shards:
+            return 0
+        db = self._require_db()
+        token = uuid.uuid4()
+        with db.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                CLAIM,
+                {
+                    "token": token,
+                    "lease": self.settings.relay_lease_seconds,
+                    "shards": sorted(self.shards),
+                    "limit": self.settings.relay_batch_size,
+                },
+            )
+            rows = sorted(cur.fetchall(), key=lambda row: row["seq"])
+        if not rows:
+            return 0
+        batch = self._publish(rows)
+        if batch.acked:
+            db.execute(DELETE, {"ids": list(batch.acked), "token": token})
+        if batch.failed:
+            db.execute(
+                RELEASE,
+                {"ids": list(batch.failed), "token": token, "delay": RELEASE_BACKOFF_SECONDS},
+            )
+        self.published += len(batch.acked)
+        return len(rows)
+
+    def _publish(self, rows: list[dict[str, Any]]) -> _Batch:
+        channel, conn = self._channel, self._amqp
+        assert channel is not None and conn is not None
+        self._batch = batch = _Batch()
+        for row in rows:
+            if row["mandatory"] and row["routing_key"] not in self._declared:
+                declare_step_queue(channel, row["routing_key"])
+                self._declared.add(row["routing_key"])
+            message = amqp.Message(
+                json.dumps(row["payload"], separators=(",", ":")),
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=str(row["id"]),
+                type=row["type"],
+                application_headers={"x-autostep-seq": row["seq"]},
+            )
+            channel.basic_publish(
+                message,
+                exchange=row["exchange"],
+                routing_key=row["routing_key"],
+                mandatory=row["mandatory"],
+            )
+            batch.rows[self._next_tag] = row
+            batch.outstanding.add(self._next_tag)
+            self._next_tag += 1
+        deadline = time.monotonic() + 30.0
+        while batch.outstanding:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OSError("publisher confirms timed out")
+            conn.drain_events(timeout=remaining)
+        return batch
+
+    def _settle(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
+        batch = self._batch
+        tags = [t for t in batch.outstanding if t <= delivery_tag] if multiple else [delivery_tag]
+        for tag in tags:
+            if tag not in batch.outstanding:
+                continue
+            batch.outstanding.discard(tag)
+            row_id = batch.rows[tag]["id"]
+            if ok and row_id not in batch.failed:
+                batch.acked.add(row_id)
+            else:
+                batch.failed.add(row_id)
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, ok=True)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        log.warning("broker nacked delivery %s", delivery_tag)
+        self._settle(delivery_tag, multiple, ok=False)
+
+    def _on_return(self, message: amqp.Message) -> None:
+        # A return precedes the message's ack: mark it so the ack cannot delete it.
+        message_id = message.properties.get("message_id")
+        log.warning("unroutable step message %s (no queue bound); will retry", message_id)
+        if message_id:
+            self._batch.failed.add(uuid.UUID(message_id))
+
+    # -- waiting ------------------------------------------------------------
+
+    def _idle_timeout(self) -> float:
+        timeout = self.settings.relay_poll_seconds
+        if self.shards:
+            row = self._require_db().execute(NEXT_DUE, {"shards": sorted(self.shards)}).fetchone()
+            if row and row[0] is not None:
+                timeout = min(timeout, max(float(row[0]), 0.0))
+        rebalance_in = REBALANCE_SECONDS - (time.monotonic() - self._rebalanced_at)
+        return max(0.0, min(timeout, rebalance_in))
+
+    def _wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        db = self._require_db()
+        for _ in db.notifies(timeout=timeout, stop_after=1):
+            break
+        # Drain notifications that piled up meanwhile, without waiting.
+        for _ in db.notifies(timeout=0):
+            pass
+
+    def _require_db(self) -> psycopg.Connection[Any]:
+        if self._db is None:
+            raise OSError("relay is not connected")
+        return self._db
+
+
+def _amqp_params(uri: str) -> dict[str, Any]:
+    """py-amqp connection arguments from an ``amqp://user:pass@host:port/vhost`` URI."""
+    from urllib.parse import unquote, urlparse
+
+    parts = urlparse(uri)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return {
+        "host": f"{parts.hostname or 'localhost'}:{parts.port or 5672}",
+        "userid": unquote(parts.username or "guest"),
+        "password": unquote(parts.password or "guest"),
+        "virtual_host": vhost,
+        "heartbeat": 0,
+    }

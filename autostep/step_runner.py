@@ -1,0 +1,158 @@
+"""Runs one step message: the plain function behind every function service.
+
+For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
+
+1. transaction: skip if the inbox has the message, or the attempt is stale;
+   mark the process running (and emit ``process.updated``);
+2. transaction: record the message in the inbox, call the function with a
+   :class:`StepContext` whose session is this transaction, then
+   :func:`engine.complete_process` writes the result, the next processes
+   and their outbox rows: the function's own writes, the result and the next
+   messages commit together or not at all;
+3. if the function (or evaluating what comes next) fails: the second
+   transaction rolls back and a third records the failure in the inbox and
+   schedules a retry or fails the process and the job.
+
+A crash anywhere before a commit leaves the message unacknowledged, RabbitMQ
+redelivers it, and the inbox makes the redelivery a no-op once a commit
+happened. Database outages are *not* step failures: they raise
+:class:`InfrastructureError` and the entrypoint requeues the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from typing import Any
+
+import eventlet
+import psycopg
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from autostep import engine
+from autostep.db import unit_of_work
+from autostep.exceptions import InfrastructureError, PermanentError, RetryableError
+from autostep.models import Inbox
+from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
+
+__all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "run_step"]
+
+log = logging.getLogger(__name__)
+
+
+
+class StepOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    #: A duplicate or stale message: nothing was done.
+    SKIPPED = "skipped"
+
+
+class PoisonMessage(ValueError):
+    """The message cannot be understood; it goes to the dead-letter queue."""
+
+
+class StepMessage(BaseModel):
+    """The body the relay publishes to ``autostep.fn.<function>``."""
+
+    process_id: uuid.UUID
+    job_id: uuid.UUID
+    step: str
+    function: str
+    attempt: int = Field(ge=1)
+    input: dict[str, Any]
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+def run_step(
+    factory: sessionmaker[Session],
+    spec: FunctionSpec,
+    body: Any,
+    message_id: str | None,
+    *,
+    consumer: str,
+) -> StepOutcome:
+    """Run the step message ``body`` once, exactly once in effect."""
+    try:
+        message = StepMessage.model_validate(body)
+        msg_id = uuid.UUID(str(message_id))
+    except (ValidationError, ValueError) as exc:
+        raise PoisonMessage(f"not a step message: {exc}") from exc
+    try:
+        return _run(factory, spec, message, msg_id, consumer)
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
+        raise InfrastructureError(f"database unavailable: {exc}") from exc
+
+
+def _run(
+    factory: sessionmaker[Session],
+    spec: FunctionSpec,
+    message: StepMessage,
+    message_id: uuid.UUID,
+    consumer: str,
+) -> StepOutcome:
+    with unit_of_work(factory) as session:
+        seen = session.scalar(
+            select(Inbox.message_id).where(
+                Inbox.consumer == consumer, Inbox.message_id == message_id
+            )
+        )
+        if seen or engine.mark_running(session, message.process_id, message.attempt) is None:
+            return StepOutcome.SKIPPED
+    policy = spec.policy.override(message.policy)
+    try:
+        with unit_of_work(factory) as session:
+            if not _record(session, consumer, message_id):
+                return StepOutcome.SKIPPED
+            context = StepContext(
+                job_id=message.job_id,
+                process_id=message.process_id,
+                step=message.step,
+                attempt=message.attempt,
+                session=session,
+                extra={"message_id": message_id},
+            )
+            timeout = RetryableError(f"timed out after {policy.timeout}s")
+            with eventlet.Timeout(policy.timeout, timeout):
+                output = spec.call(message.input, context)
+            engine.complete_process(session, message.process_id, output)
+        return StepOutcome.SUCCEEDED
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError):
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        retry_in = _retry_delay(exc, policy, message.attempt)
+        log.info("step %s attempt %s failed: %s", message.step, message.attempt, error)
+    with unit_of_work(factory) as session:
+        if not _record(session, consumer, message_id):
+            return StepOutcome.SKIPPED
+        retrying = engine.fail_attempt(
+            session, message.process_id, message.attempt, error, retry_in
+        )
+    return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
+
+
+def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | None:
+    """Seconds until the next attempt, or None when the step fails for good."""
+    if isinstance(exc, PermanentError) or attempt > policy.retries:
+        return None
+    if isinstance(exc, RetryableError) and exc.delay is not None:
+        return exc.delay
+    return policy.delay(attempt)
+
+
+def _record(session: Session, consumer: str, message_id: uuid.UUID) -> bool:
+    """Insert the message into the inbox; False if it was there already."""
+    inserted = session.execute(
+        pg_insert(Inbox)
+        .values(consumer=consumer, message_id=message_id)
+        .on_conflict_do_nothing()
+        .returning(Inbox.message_id)
+    ).first()
+    return inserted is not None

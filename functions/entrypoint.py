@@ -1,0 +1,63 @@
+"""The nameko entrypoint that feeds step messages to a function service.
+
+A :class:`StepConsumer` is nameko's queue ``Consumer`` with three changes:
+the worker receives the AMQP ``message_id`` (the outbox id, the key of the
+inbox); an infrastructure failure requeues the message after a short pause
+instead of acking and dropping it (nameko's default); and a message that is
+not a step message is rejected to the dead-letter exchange at once. The
+queue's ``x-delivery-limit`` bounds the requeues, then RabbitMQ dead-letters.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import eventlet
+from nameko.exceptions import ContainerBeingKilled
+from nameko.messaging import Consumer
+
+from autostep.settings import get_settings
+from autostep.step_runner import PoisonMessage
+from autostep.topology import step_queue
+
+__all__ = ["StepConsumer", "step_consumer"]
+
+#: Pause before a message whose handling hit an outage goes back to the queue.
+REQUEUE_PAUSE_SECONDS = 1.0
+
+
+class StepConsumer(Consumer):  # type: ignore[misc]
+    """Consumes ``autostep.fn.<function>`` and passes (body, message_id)."""
+
+    def __init__(self, function: str, **kwargs: Any) -> None:
+        kwargs.setdefault("prefetch_count", get_settings().prefetch_count)
+        super().__init__(queue=step_queue(function), requeue_on_error=True, **kwargs)
+        self.function = function
+
+    def handle_message(self, body: Any, message: Any) -> None:
+        args = (body, message.properties.get("message_id"))
+        handle_result = partial(self.handle_result, message)
+
+        def spawn_worker() -> None:
+            try:
+                self.container.spawn_worker(self, args, {}, handle_result=handle_result)
+            except ContainerBeingKilled:
+                self.consumer.requeue_message(message)
+
+        self.container.spawn_managed_thread(spawn_worker)
+
+    def handle_message_processed(
+        self, message: Any, result: Any = None, exc_info: Any = None
+    ) -> None:
+        if exc_info is None:
+            self.consumer.ack_message(message)
+        elif isinstance(exc_info[1], PoisonMessage):
+            if message.channel.connection:
+                message.reject(requeue=False)
+        else:
+            eventlet.sleep(REQUEUE_PAUSE_SECONDS)
+            self.consumer.requeue_message(message)
+
+
+step_consumer = StepConsumer.decorator

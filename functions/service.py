@@ -1,0 +1,64 @@
+"""Builds one thin nameko service per registered step function.
+
+::
+
+    # mymodule.py
+    from autostep import function
+    from functions.service import services_for
+
+    @function(name="double")
+    def double(inp: In) -> Out: ...
+
+    globals().update(services_for(__name__))   # nameko run mymodule
+
+Each service is named ``fn_<function>``, has the :class:`Database`
+dependency and one :class:`StepConsumer` entrypoint that delegates to
+:func:`autostep.step_runner.run_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from autostep.dependencies import Database
+from autostep.sdk import REGISTRY, FunctionSpec
+from autostep.step_runner import run_step
+from functions.entrypoint import step_consumer
+
+__all__ = ["service_for", "services_for"]
+
+
+def service_for(spec: FunctionSpec) -> type:
+    """A nameko service class running ``spec``'s step messages."""
+    service_name = f"fn_{spec.name.replace('-', '_')}"
+
+    def handle(self: Any, body: Any, message_id: str | None) -> str:
+        factory: sessionmaker[Session] = self.db
+        return str(run_step(factory, spec, body, message_id, consumer=service_name))
+
+    namespace = {
+        "name": service_name,
+        "db": Database(),
+        "handle": step_consumer(spec.name)(handle),
+        "__doc__": f"Runs the step function {spec.name!r}.",
+        "__module__": spec.func.__module__,
+    }
+    return type(f"{_camel(spec.name)}Service", (), namespace)
+
+
+def services_for(module: str) -> dict[str, type]:
+    """Service classes for the functions defined in ``module``, by class name."""
+    __import__(module)
+    specs = [spec for spec in REGISTRY.values() if spec.func.__module__ == module]
+    if not specs:
+        raise ValueError(f"module {module!r} defines no @function")
+    services = [service_for(spec) for spec in specs]
+    return {service.__name__: service for service in services}
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+

@@ -1,0 +1,2 @@
+"""The gateway: how clients reach autostep (nameko RPC now; REST and the
+websocket grid build on the same service functions)."""

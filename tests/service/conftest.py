@@ -1,0 +1,78 @@
+"""Service-tier fixtures: the relay and function services in this process.
+
+The relay runs in a green thread and the function services in nameko
+containers, all against the session's real PostgreSQL database and RabbitMQ
+vhost, as in production but in one process.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import eventlet
+import pytest
+from sqlalchemy import text
+
+from autostep.db import unit_of_work
+from autostep.nameko_runtime import nameko_config
+from autostep.queries import job_view
+from autostep.relay import Relay
+from tests.stepfuncs import EFFECT_TABLE
+
+
+@pytest.fixture(scope="session")
+def effect_table(session_factory: Any) -> None:
+    with unit_of_work(session_factory) as session:
+        session.execute(text(EFFECT_TABLE))
+
+
+@pytest.fixture
+def relay(platform_env: dict[str, str]) -> Iterator[Relay]:
+    relay = Relay()
+    thread = eventlet.spawn(relay.run)
+    yield relay
+    relay.stop()
+    thread.wait()
+
+
+@pytest.fixture
+def functions(platform_env: dict[str, str], runner_factory: Any, effect_table: None) -> Any:
+    """Every test and built-in function, served by nameko in this process."""
+    import functions.builtins as builtins
+    import tests.stepfuncs as stepfuncs
+    from functions.service import services_for
+
+    services = [*services_for(stepfuncs.__name__).values()]
+    services += services_for(builtins.__name__).values()
+    runner = runner_factory(nameko_config(), *services)
+    runner.start()
+    return runner
+
+
+@pytest.fixture
+def project(session_factory: Any) -> str:
+    from autostep.catalog import create_project
+
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    with unit_of_work(session_factory) as session:
+        create_project(session, name)
+    return name
+
+
+@pytest.fixture
+def wait_for_job(session_factory: Any) -> Callable[..., dict[str, Any]]:
+    def wait(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with unit_of_work(session_factory) as session:
+                view = job_view(session, job_id)
+            if view["status"] != "running":
+                return view
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job still running after {timeout}s: {view}")
+            eventlet.sleep(0.05)
+
+    return wait

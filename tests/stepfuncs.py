@@ -1,0 +1,71 @@
+"""Step functions the tests run: effects recorded in the step's own transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+
+from autostep import PermanentError, RetryableError, StepContext, function
+from functions.service import services_for
+
+EFFECT_TABLE = """
+CREATE TABLE IF NOT EXISTS test_effect (
+    process_id uuid NOT NULL,
+    step text NOT NULL,
+    value bigint,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+class Number(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    value: int = 0
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Flaky(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    fail_times: int = 0
+    permanent: bool = False
+
+
+def _record(ctx: StepContext, value: int) -> None:
+    ctx.session.execute(
+        text("INSERT INTO test_effect (process_id, step, value) VALUES (:p, :s, :v)"),
+        {"p": ctx.process_id, "s": ctx.step, "v": value},
+    )
+
+
+@function(name="t_add")
+def add(inp: Number, ctx: StepContext) -> Number:
+    """Adds ``amount`` (default 1) to ``value`` and records the step's effect."""
+    extra: dict[str, Any] = inp.model_extra or {}
+    value = inp.value + int(extra.get("amount", 1))
+    _record(ctx, value)
+    return Number(value=value)
+
+
+@function(name="t_flaky", retries=2, backoff=0.05)
+def flaky(inp: Flaky, ctx: StepContext) -> Loose:
+    """Fails its first ``fail_times`` attempts (permanently if ``permanent``)."""
+    if inp.permanent:
+        raise PermanentError("refused for good")
+    if ctx.attempt <= inp.fail_times:
+        raise RetryableError(f"attempt {ctx.attempt} fails")
+    _record(ctx, ctx.attempt)
+    return Loose(attempts=ctx.attempt)
+
+
+@function(name="t_crash")
+def crash(inp: Loose) -> Loose:
+    """Fails with an ordinary exception: retried by the default policy."""
+    raise ZeroDivisionError("boom")
+
+
+globals().update(services_for(__name__))

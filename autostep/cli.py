@@ -121,9 +121,9 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _functions_run(args: argparse.Namespace) -> int:
-    import eventlet
+    from autostep.cooperative import patch_process
 
-    eventlet.monkey_patch()
+    patch_process()
     import logging
 
     from autostep.nameko_runtime import run_services
@@ -143,9 +143,9 @@ def _functions_run(args: argparse.Namespace) -> int:
 
 
 def _gateway_run(args: argparse.Namespace) -> int:
-    import eventlet
+    from autostep.cooperative import patch_process
 
-    eventlet.monkey_patch()
+    patch_process()
     import logging
 
     from autostep.nameko_runtime import run_services

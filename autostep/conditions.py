@@ -41,7 +41,10 @@ def evaluate(source: str, variables: dict[str, Any], *, field: str) -> Any:
     A missing key, a type clash or a division by zero in user data is not
     something a retry fixes, so it raises :class:`PermanentError`.
     """
-    program = compile_expression(source, field=field)
+    try:
+        program = compile_expression(source, field=field)
+    except ConditionError as exc:
+        raise PermanentError(str(exc)) from exc
     try:
         return program.execute(variables)
     except Exception as exc:  # the CEL binding raises KeyError, TypeError, ...

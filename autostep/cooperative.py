@@ -12,10 +12,25 @@ process without eventlet.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import psycopg.waiting
 
-__all__ = ["eventlet_patched", "make_psycopg_cooperative"]
+__all__ = ["eventlet_patched", "make_psycopg_cooperative", "patch_process"]
+
+
+def patch_process() -> None:
+    """Monkey-patch this process for eventlet and make psycopg cooperative.
+
+    Call it first thing in a process that runs nameko services, before
+    anything starts threads or opens sockets.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eventlet announces its deprecation on import
+        import eventlet
+
+    eventlet.monkey_patch()
+    make_psycopg_cooperative()
 
 
 def eventlet_patched() -> bool:

@@ -31,7 +31,7 @@ def shared_engine(url: str) -> Engine:
     return _ENGINES[url]
 
 
-class Database(DependencyProvider):  # type: ignore[misc]
+class Database(DependencyProvider):
     """Gives each worker the session factory of the autostep database."""
 
     factory: sessionmaker[Session]

@@ -424,4 +424,3 @@ def process_event(process: Process) -> dict[str, Any]:
         "started_at": _iso(process.started_at),
         "finished_at": _iso(process.finished_at),
     }
-

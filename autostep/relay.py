@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 #: Advisory lock namespaces (the first key of pg_advisory_lock(int, int)).
 MEMBER_LOCK = 0x61730001
 SHARD_LOCK = 0x61730002
-REBALANCE_SECONDS = 5.0
 RELEASE_BACKOFF_SECONDS = 2.0
 
 CLAIM = """
@@ -80,7 +78,8 @@ WHERE shard = ANY(%(shards)s) AND lease_token IS NULL
 """
 MEMBERS = """
 SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND classid = %(ns)s AND objsubid = 2 AND granted
+WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
@@ -119,7 +118,7 @@ class Relay:
 
     def connect(self) -> None:
         db = psycopg.connect(libpq_dsn(self.settings.database_url), autocommit=True)
-        db.execute("SELECT pg_advisory_lock(%s, %s)", (MEMBER_LOCK, os.getpid() & 0x7FFFFFFF))
+        db.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (MEMBER_LOCK,))
         db.execute("LISTEN autostep_outbox")
         self._db = db
         conn = amqp.Connection(**_amqp_params(self.settings.amqp_uri))
@@ -165,7 +164,7 @@ class Relay:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            if time.monotonic() - self._rebalanced_at > REBALANCE_SECONDS:
+            if time.monotonic() - self._rebalanced_at > self.settings.relay_rebalance_seconds:
                 self.rebalance()
             if self.pass_once() >= self.settings.relay_batch_size:
                 continue
@@ -294,7 +293,8 @@ class Relay:
             row = self._require_db().execute(NEXT_DUE, {"shards": sorted(self.shards)}).fetchone()
             if row and row[0] is not None:
                 timeout = min(timeout, max(float(row[0]), 0.0))
-        rebalance_in = REBALANCE_SECONDS - (time.monotonic() - self._rebalanced_at)
+        elapsed = time.monotonic() - self._rebalanced_at
+        rebalance_in = self.settings.relay_rebalance_seconds - elapsed
         return max(0.0, min(timeout, rebalance_in))
 
     def _wait(self, timeout: float) -> None:

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     relay_lease_seconds: float = 30.0
     #: Relay: polling fallback when no NOTIFY arrives.
     relay_poll_seconds: float = 1.0
-    #: Relay: shards of the outbox (per-job ordering holds within a shard).
-    relay_shards: int = 16
+    #: Relay: seconds between rebalances of the outbox shards among relays.
+    relay_rebalance_seconds: float = 5.0
     #: Runner: deliveries of one message before RabbitMQ dead-letters it.
     delivery_limit: int = 10
 

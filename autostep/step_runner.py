@@ -45,7 +45,6 @@ __all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "run_step"]
 log = logging.getLogger(__name__)
 
 
-
 class StepOutcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     RETRYING = "retrying"

@@ -14,14 +14,6 @@ __all__ = ["pytest_load_initial_conftests"]
 
 
 def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> None:
-    import warnings
+    from autostep.cooperative import patch_process
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # eventlet announces its deprecation on import
-        import eventlet
-
-    eventlet.monkey_patch()
-
-    from autostep.cooperative import make_psycopg_cooperative
-
-    make_psycopg_cooperative()
+    patch_process()

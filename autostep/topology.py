@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from autostep.settings import get_settings
 
@@ -72,7 +72,5 @@ def declare_base(channel: Any) -> None:
 def declare_step_queue(channel: Any, function: str) -> None:
     """Declare and bind ``function``'s step queue on a py-amqp channel."""
     name = step_queue_name(function)
-    channel.queue_declare(
-        name, durable=True, auto_delete=False, arguments=step_queue_arguments()
-    )
+    channel.queue_declare(name, durable=True, auto_delete=False, arguments=step_queue_arguments())
     channel.queue_bind(name, STEPS_EXCHANGE, function)

@@ -1,5 +1,4 @@
-"""The step functions every installation has: HTTP calls, CEL transforms, logging,
-delays, and two cheap benchmark steps.
+"""The step functions every installation has: HTTP, CEL, log, delay and benchmarks.
 
 They sit where user functions sit: the engine publishes a step message, the
 ``fn_<name>`` service built below by :func:`functions.service.services_for`
@@ -25,14 +24,7 @@ from autostep.exceptions import ConditionError, PermanentError, RetryableError
 from autostep.sdk import function
 from functions.service import services_for
 
-__all__ = [
-    "delay",
-    "fibo",
-    "http_request",
-    "log",
-    "noop",
-    "transform",
-]
+__all__ = ["delay", "fibo", "http_request", "log", "noop", "transform"]
 
 #: Characters of a response body kept in ``http_request``'s ``text``.
 MAX_TEXT_CHARS = 1024 * 1024
@@ -47,9 +39,14 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 _ParamValue = str | int | float | bool | None
-
-
-# -- http_request ----------------------------------------------------------
+#: Request failures no retry fixes (a non-ASCII header value is a UnicodeEncodeError).
+_BAD_REQUEST = (
+    httpx.InvalidURL,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.TooManyRedirects,
+    UnicodeEncodeError,
+)
 
 
 class HttpRequestIn(BaseModel):
@@ -113,10 +110,8 @@ def http_request(inp: HttpRequestIn) -> HttpRequestOut:
             timeout=inp.timeout,
             follow_redirects=True,
         )
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-        raise PermanentError(f"{what}: invalid request: {exc}") from exc
-    except httpx.TooManyRedirects as exc:
-        raise PermanentError(f"{what}: {exc}") from exc
+    except _BAD_REQUEST as exc:
+        raise PermanentError(f"{what}: invalid request: {type(exc).__name__}: {exc}") from exc
     except httpx.RequestError as exc:  # refused, reset, DNS, timeouts
         raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
     _check_status(what, response, inp.expect)
@@ -159,9 +154,6 @@ def _json_of(response: httpx.Response) -> Any | None:
         return None
 
 
-# -- transform -------------------------------------------------------------
-
-
 class TransformIn(BaseModel):
     """A CEL expression over ``data``, whose top-level keys are variables too."""
 
@@ -182,9 +174,6 @@ def transform(inp: TransformIn) -> TransformOut:
     except ConditionError as exc:  # does not compile: no retry will help
         raise PermanentError(str(exc)) from exc
     return TransformOut(result=result)
-
-
-# -- log -------------------------------------------------------------------
 
 
 class LogIn(BaseModel):
@@ -212,9 +201,6 @@ def log(inp: LogIn) -> LogOut:
     return LogOut(message=inp.message, data=fields)
 
 
-# -- delay -----------------------------------------------------------------
-
-
 class DelayIn(BaseModel):
     """Seconds to wait; any other field is passed through."""
 
@@ -234,9 +220,6 @@ def delay(inp: DelayIn) -> DelayOut:
     started = time.monotonic()
     time.sleep(inp.seconds)
     return DelayOut(slept=time.monotonic() - started, passthrough=dict(inp.model_extra or {}))
-
-
-# -- benchmark steps -------------------------------------------------------
 
 
 class NoopIn(BaseModel):

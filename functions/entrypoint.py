@@ -27,7 +27,7 @@ __all__ = ["StepConsumer", "step_consumer"]
 REQUEUE_PAUSE_SECONDS = 1.0
 
 
-class StepConsumer(Consumer):  # type: ignore[misc]
+class StepConsumer(Consumer):
     """Consumes ``autostep.fn.<function>`` and passes (body, message_id)."""
 
     def __init__(self, function: str, **kwargs: Any) -> None:

@@ -60,5 +60,3 @@ def services_for(module: str) -> dict[str, type]:
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
-
-

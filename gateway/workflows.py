@@ -79,7 +79,7 @@ class ConditionsService:
 
     name = "conditions"
 
-    @rpc  # type: ignore[misc]
+    @rpc
     def test(self, expression: str, sample: dict[str, Any]) -> dict[str, Any]:
         """Compile ``expression`` and evaluate it over ``sample``.
 

@@ -53,9 +53,10 @@ def server_urls() -> Iterator[tuple[str, str]]:
     from testcontainers.postgres import PostgresContainer
     from testcontainers.rabbitmq import RabbitMqContainer
 
-    with PostgresContainer("postgres:16", driver="psycopg") as pg, RabbitMqContainer(
-        "rabbitmq:3.13"
-    ) as rabbit:
+    with (
+        PostgresContainer("postgres:16", driver="psycopg") as pg,
+        RabbitMqContainer("rabbitmq:3.13") as rabbit,
+    ):
         params = rabbit.get_connection_params()
         amqp = f"amqp://guest:guest@{params.host}:{params.port}/"
         yield pg.get_connection_url(), amqp
@@ -131,7 +132,7 @@ def platform_env(database_url: str, amqp_uri: str) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def session_factory(platform_env: dict[str, str]) -> Any:
     """Sessions on the test database."""
-    from autostep.dependencies import shared_engine
     from autostep.db import make_session_factory
+    from autostep.dependencies import shared_engine
 
     return make_session_factory(shared_engine(platform_env["AUTOSTEP_DATABASE_URL"]))

@@ -57,9 +57,7 @@ class WorkflowVersion(Base):
     __table_args__ = (UniqueConstraint("workflow_id", "number"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    workflow_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("workflow.id", ondelete="CASCADE")
-    )
+    workflow_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workflow.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     #: The definition exactly as it was submitted (steps and transitions are
     #: also stored as rows below).

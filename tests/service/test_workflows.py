@@ -176,9 +176,7 @@ def test_failed_fan_out_child_fails_the_job_and_cancels_the_rest(
         ],
     }
     _publish(session_factory, project, definition)
-    job_id = _start(
-        session_factory, project, "fanfail", {"items": [{}, {"permanent": True}, {}]}
-    )
+    job_id = _start(session_factory, project, "fanfail", {"items": [{}, {"permanent": True}, {}]})
 
     view = wait_for_job(job_id)
 
@@ -198,7 +196,10 @@ def test_workflow_edited_while_a_run_is_in_flight_keeps_its_version(
     _publish(
         session_factory,
         project,
-        {"name": "edited", "steps": [{"name": "only", "function": "t_add", "config": {"amount": 7}}]},
+        {
+            "name": "edited",
+            "steps": [{"name": "only", "function": "t_add", "config": {"amount": 7}}],
+        },
     )
     new_job = _start(session_factory, project, "edited", {"value": 0})
 

@@ -1,0 +1,105 @@
+"""``autostep dev``: the whole platform on one machine, for trying it out.
+
+Creates the database if it is missing, migrates it, starts the relay, the
+built-in function runner and the gateway's RPC services as child processes,
+publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
+platform running until Ctrl-C. (The scheduler has no local mode yet: it
+comes with the cron-trigger issue.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from sqlalchemy.engine import make_url
+
+from autostep.catalog import create_project, publish_workflow
+from autostep.db import make_engine, make_session_factory, unit_of_work
+from autostep.engine import start_job
+from autostep.exceptions import ConflictError
+from autostep.migrate import upgrade
+from autostep.queries import job_view
+from autostep.relay import libpq_dsn
+from autostep.settings import get_settings
+
+__all__ = ["run_dev"]
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+PROCESSES = {
+    "relay": ["relay"],
+    "functions": ["functions", "run", "functions.builtins"],
+    "gateway": ["gateway", "run"],
+}
+
+
+def run_dev(*, demo: bool = True) -> int:
+    """Run the local platform until interrupted; returns the exit code."""
+    settings = get_settings()
+    _create_database(settings.database_url)
+    upgrade(settings.database_url)
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "autostep.cli", *args])
+        for name, args in PROCESSES.items()
+    }
+    print("autostep: started", ", ".join(f"{n} (pid {p.pid})" for n, p in children.items()))
+    try:
+        if demo:
+            _run_demo()
+        print("autostep: platform running; Ctrl-C stops it")
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        failed = [name for name, child in children.items() if child.poll() is not None]
+        print(f"autostep: {', '.join(failed)} exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children.values():
+            child.terminate()
+        for child in children.values():
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _create_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(libpq_dsn(admin), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{parsed.database}"')
+
+
+def _run_demo() -> None:
+    factory = make_session_factory(make_engine())
+    definition: dict[str, Any] = yaml.safe_load(DEMO.read_text())
+    with unit_of_work(factory) as session:
+        with contextlib.suppress(ConflictError):
+            create_project(session, "demo", "created by autostep dev")
+        version = publish_workflow(session, "demo", definition)
+        job = start_job(session, "demo", "demo", {"n": 12}, trigger="cli")
+    print(f"autostep: published demo version {version.number}; started job {job.id}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with unit_of_work(factory) as session:
+            view = job_view(session, job.id)
+        if view["status"] != "running":
+            steps = ", ".join(f"{p['step']}:{p['status']}" for p in view["processes"])
+            print(f"autostep: demo job {view['status']}: {steps}")
+            print(f"autostep: output {json.dumps(view['output'])}")
+            print(f"autostep: follow any run with: autostep run status {job.id} --follow")
+            return
+        time.sleep(0.2)
+    print("autostep: the demo job did not finish within 60 s", file=sys.stderr)

@@ -1,0 +1,179 @@
+"""Exactly-once effects under redelivery, and the relay's ordering guarantee."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import amqp
+import eventlet
+from sqlalchemy import func, select, text
+
+from autostep.catalog import publish_workflow
+from autostep.db import unit_of_work
+from autostep.engine import start_job
+from autostep.models import Inbox, Outbox, Process
+from autostep.outbox import SHARDS
+from autostep.relay import Relay, _amqp_params
+from autostep.sdk import REGISTRY
+from autostep.settings import Settings
+from autostep.step_runner import StepOutcome, run_step
+from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
+
+CHAIN = {
+    "name": "pair",
+    "steps": [
+        {"name": "one", "function": "t_add", "next": [{"to": "two"}]},
+        {"name": "two", "function": "t_add"},
+    ],
+}
+
+
+def _start(session_factory: Any, project: str) -> uuid.UUID:
+    with unit_of_work(session_factory) as session:
+        publish_workflow(session, project, CHAIN)
+        return start_job(session, project, "pair", {"value": 1}).id
+
+
+def _step_rows(session_factory: Any, job_id: uuid.UUID) -> list[Outbox]:
+    with unit_of_work(session_factory) as session:
+        process_ids = select(Process.id).where(Process.job_id == job_id)
+        return list(
+            session.scalars(
+                select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id.in_(process_ids))
+            )
+        )
+
+
+def test_a_redelivered_step_message_is_a_no_op(
+    session_factory: Any, project: str, effect_table: None
+) -> None:
+    import tests.stepfuncs  # noqa: F401  (registers t_add)
+
+    job_id = _start(session_factory, project)
+    (row,) = _step_rows(session_factory, job_id)
+    spec = REGISTRY["t_add"]
+
+    first = run_step(session_factory, spec, row.payload, str(row.id), consumer="fn_t_add")
+    again = run_step(session_factory, spec, row.payload, str(row.id), consumer="fn_t_add")
+
+    assert first is StepOutcome.SUCCEEDED
+    assert again is StepOutcome.SKIPPED
+    with unit_of_work(session_factory) as session:
+        steps = session.scalars(select(Process.step).where(Process.job_id == job_id)).all()
+        effects = session.scalar(
+            text(
+                "SELECT count(*) FROM test_effect e JOIN process p ON p.id = e.process_id"
+                " WHERE p.job_id = :j"
+            ),
+            {"j": job_id},
+        )
+        inbox = session.scalar(select(func.count()).where(Inbox.message_id == row.id))
+    assert sorted(steps) == ["one", "two"]  # the duplicate queued no second "two"
+    assert effects == 1
+    assert inbox == 1
+
+
+def test_a_message_published_twice_through_rabbitmq_takes_effect_once(
+    session_factory: Any,
+    project: str,
+    amqp_uri: str,
+    functions: Any,
+    relay: Relay,
+    wait_for_job: Any,
+) -> None:
+    # Publish the first step's message ourselves, twice, as a relay that
+    # crashed between publishing and deleting would; then let the relay run.
+    relay.stop()
+    job_id = _start(session_factory, project)
+    (row,) = _step_rows(session_factory, job_id)
+    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn.connect()
+    channel = conn.channel()
+    declare_base(channel)
+    for _ in range(2):
+        channel.basic_publish(
+            amqp.Message(
+                json.dumps(row.payload),
+                message_id=str(row.id),
+                delivery_mode=2,
+                content_type="application/json",
+            ),
+            exchange=STEPS_EXCHANGE,
+            routing_key="t_add",
+        )
+    conn.close()
+    second = Relay()
+    thread = eventlet.spawn(second.run)  # and the relay publishes the row a third time
+    try:
+        view = wait_for_job(job_id)
+    finally:
+        second.stop()
+        thread.wait()
+
+    assert view["status"] == "succeeded"
+    assert view["output"] == {"value": 3}
+    assert [p["step"] for p in view["processes"]] == ["one", "two"]
+    with unit_of_work(session_factory) as session:
+        effects = session.execute(
+            text(
+                "SELECT p.step, count(*) FROM test_effect e JOIN process p ON p.id = e.process_id"
+                " WHERE p.job_id = :j GROUP BY p.step ORDER BY p.step"
+            ),
+            {"j": job_id},
+        ).all()
+    assert [tuple(r) for r in effects] == [("one", 1), ("two", 1)]
+
+
+def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
+    session_factory: Any, project: str, amqp_uri: str, functions: Any, wait_for_job: Any
+) -> None:
+    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn.connect()
+    channel = conn.channel()
+    declare_base(channel)
+    queue, _, _ = channel.queue_declare("", exclusive=True)
+    channel.queue_bind(queue, EVENTS_EXCHANGE, "#")
+    relays = [Relay(Settings(relay_rebalance_seconds=0.2)) for _ in range(2)]
+    threads = [eventlet.spawn(r.run) for r in relays]
+    try:
+        # both see two members after a rebalance or two and split the shards
+        for _ in range(100):
+            if len(relays[0].shards) + len(relays[1].shards) == SHARDS:
+                break
+            eventlet.sleep(0.05)
+        assert relays[0].shards and relays[1].shards
+        assert not relays[0].shards & relays[1].shards
+        jobs = []
+        with unit_of_work(session_factory) as session:
+            publish_workflow(session, project, CHAIN)
+        for _ in range(20):
+            with unit_of_work(session_factory) as session:
+                jobs.append(start_job(session, project, "pair", {"value": 1}).id)
+        for job_id in jobs:
+            assert wait_for_job(job_id)["status"] == "succeeded"
+        eventlet.sleep(0.5)  # the last job.updated events
+    finally:
+        for r in relays:
+            r.stop()
+        for t in threads:
+            t.wait()
+
+    received: dict[str, list[int]] = {}
+    versions: dict[str, list[int]] = {}
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        body = json.loads(message.body)
+        job = body.get("job_id", body["id"])
+        received.setdefault(job, []).append(message.headers["x-autostep-seq"])
+        versions.setdefault(body["id"], []).append(body["version"])
+    conn.close()
+    assert {str(j) for j in jobs} <= set(received)
+    for job in jobs:
+        seqs = received[str(job)]
+        assert seqs == sorted(seqs), f"events of job {job} out of order: {seqs}"
+        # job.updated twice, and per step: queued, running, succeeded
+        assert len(seqs) == 2 + 2 * 3
+    for process_versions in versions.values():
+        assert process_versions == sorted(process_versions)
+    assert relays[0].published > 0 and relays[1].published > 0

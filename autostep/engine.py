@@ -83,10 +83,11 @@ def mark_running(session: Session, process_id: uuid.UUID, attempt: int) -> Proce
     """Record that a runner started ``attempt`` of a process.
 
     Returns None when the message is stale: the process finished, moved to
-    another attempt, or its job ended (then it is cancelled here).
+    another attempt, or its job ended (then it is cancelled here). Raises
+    :class:`NotFoundError` for a process this database never had.
     """
-    process = session.get(Process, process_id, with_for_update=True)
-    if process is None or process.attempt != attempt or ProcessStatus(process.status).finished:
+    process = _lock_process(session, process_id)
+    if process.attempt != attempt or ProcessStatus(process.status).finished:
         return None
     job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)

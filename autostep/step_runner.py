@@ -36,7 +36,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import engine
 from autostep.db import unit_of_work
-from autostep.exceptions import InfrastructureError, PermanentError, RetryableError
+from autostep.exceptions import (
+    InfrastructureError,
+    NotFoundError,
+    PermanentError,
+    RetryableError,
+)
 from autostep.models import Inbox
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 
@@ -85,6 +90,9 @@ def run_step(
         raise PoisonMessage(f"not a step message: {exc}") from exc
     try:
         return _run(factory, spec, message, msg_id, consumer)
+    except NotFoundError as exc:
+        # A runner wired to another database than the relay that published.
+        raise PoisonMessage(f"step message for an unknown process: {exc}") from exc
     except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
         raise InfrastructureError(f"database unavailable: {exc}") from exc
 

@@ -19,7 +19,7 @@ from autostep.relay import Relay, _amqp_params
 from autostep.sdk import REGISTRY
 from autostep.settings import Settings
 from autostep.step_runner import StepOutcome, run_step
-from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
+from autostep.topology import DEAD_QUEUE, EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
 
 CHAIN = {
     "name": "pair",
@@ -177,3 +177,42 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
     for process_versions in versions.values():
         assert process_versions == sorted(process_versions)
     assert relays[0].published > 0 and relays[1].published > 0
+
+
+def test_messages_a_runner_cannot_use_are_dead_lettered_not_dropped(
+    amqp_uri: str, functions: Any
+) -> None:
+    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn.connect()
+    channel = conn.channel()
+    declare_base(channel)
+    channel.queue_purge(DEAD_QUEUE)
+    unknown_process = {
+        "process_id": str(uuid.uuid4()),
+        "job_id": str(uuid.uuid4()),
+        "step": "s",
+        "function": "t_add",
+        "attempt": 1,
+        "input": {},
+    }
+    for body in ({"not": "a step"}, unknown_process):
+        channel.basic_publish(
+            amqp.Message(
+                json.dumps(body),
+                message_id=str(uuid.uuid4()),
+                content_type="application/json",
+                delivery_mode=2,
+            ),
+            exchange=STEPS_EXCHANGE,
+            routing_key="t_add",
+        )
+    dead = []
+    for _ in range(100):
+        message = channel.basic_get(DEAD_QUEUE, no_ack=True)
+        if message is not None:
+            dead.append(json.loads(message.body))
+        if len(dead) == 2:
+            break
+        eventlet.sleep(0.05)
+    conn.close()
+    assert sorted(dead, key=len) == [{"not": "a step"}, unknown_process]

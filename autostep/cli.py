@@ -127,11 +127,12 @@ def _functions_run(args: argparse.Namespace) -> int:
     import logging
 
     from autostep.nameko_runtime import run_services
+    from functions.deadletters import DeadLetterService
     from functions.service import services_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s functions %(message)s")
     sys.path.insert(0, ".")
-    services: list[type] = []
+    services: list[type] = [DeadLetterService]
     for module in args.modules:
         try:
             services.extend(services_for(module).values())

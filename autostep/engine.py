@@ -133,8 +133,8 @@ def fail_attempt(
     and the job's other unfinished processes are cancelled. Returns whether a
     retry was scheduled. A stale attempt changes nothing.
     """
-    process = session.get(Process, process_id, with_for_update=True)
-    if process is None or process.attempt != attempt or ProcessStatus(process.status).finished:
+    process = _lock_process(session, process_id)
+    if process.attempt != attempt or ProcessStatus(process.status).finished:
         return False
     job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)

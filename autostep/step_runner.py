@@ -45,7 +45,7 @@ from autostep.exceptions import (
 from autostep.models import Inbox
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 
-__all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "run_step"]
+__all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "record_inbox", "run_step"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _run(
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
-            if not _record(session, consumer, message_id):
+            if not record_inbox(session, consumer, message_id):
                 return StepOutcome.SKIPPED
             context = StepContext(
                 job_id=message.job_id,
@@ -137,7 +137,7 @@ def _run(
         retry_in = _retry_delay(exc, policy, message.attempt)
         log.info("step %s attempt %s failed: %s", message.step, message.attempt, error)
     with unit_of_work(factory) as session:
-        if not _record(session, consumer, message_id):
+        if not record_inbox(session, consumer, message_id):
             return StepOutcome.SKIPPED
         retrying = engine.fail_attempt(
             session, message.process_id, message.attempt, error, retry_in
@@ -154,7 +154,7 @@ def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | N
     return policy.delay(attempt)
 
 
-def _record(session: Session, consumer: str, message_id: uuid.UUID) -> bool:
+def record_inbox(session: Session, consumer: str, message_id: uuid.UUID) -> bool:
     """Insert the message into the inbox; False if it was there already."""
     inserted = session.execute(
         pg_insert(Inbox)

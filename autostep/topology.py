@@ -24,6 +24,7 @@ __all__ = [
     "DEAD_QUEUE",
     "EVENTS_EXCHANGE",
     "STEPS_EXCHANGE",
+    "dead_queue",
     "declare_base",
     "declare_step_queue",
     "step_queue",
@@ -57,6 +58,16 @@ def step_queue(function: str) -> Queue:
         routing_key=function,
         durable=True,
         queue_arguments=step_queue_arguments(),
+    )
+
+
+def dead_queue() -> Queue:
+    """The kombu queue of dead-lettered messages."""
+    return Queue(
+        DEAD_QUEUE,
+        exchange=Exchange(DEAD_EXCHANGE, type="fanout", durable=True),
+        routing_key="",
+        durable=True,
     )
 
 

@@ -2,9 +2,10 @@
 
 A :class:`StepConsumer` is nameko's queue ``Consumer`` with three changes:
 the worker receives the AMQP ``message_id`` (the outbox id, the key of the
-inbox); an infrastructure failure requeues the message after a short pause
-instead of acking and dropping it (nameko's default); and a message that is
-not a step message is rejected to the dead-letter exchange at once. The
+inbox) and the headers besides the body; an infrastructure failure requeues
+the message after a short pause instead of acking and dropping it (nameko's
+default); and a message that is not a step message is rejected to the
+dead-letter exchange at once. The
 queue's ``x-delivery-limit`` bounds the requeues, then RabbitMQ dead-letters.
 """
 
@@ -14,29 +15,29 @@ from functools import partial
 from typing import Any
 
 import eventlet
+from kombu.entity import Queue
 from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import Consumer
 
 from autostep.settings import get_settings
 from autostep.step_runner import PoisonMessage
-from autostep.topology import step_queue
+from autostep.topology import dead_queue, step_queue
 
-__all__ = ["StepConsumer", "step_consumer"]
+__all__ = ["StepConsumer", "dead_letter_consumer", "step_consumer"]
 
 #: Pause before a message whose handling hit an outage goes back to the queue.
 REQUEUE_PAUSE_SECONDS = 1.0
 
 
 class StepConsumer(Consumer):
-    """Consumes ``autostep.fn.<function>`` and passes (body, message_id)."""
+    """Consumes ``queue`` and passes (body, message_id, headers) to the worker."""
 
-    def __init__(self, function: str, **kwargs: Any) -> None:
+    def __init__(self, queue: Queue, **kwargs: Any) -> None:
         kwargs.setdefault("prefetch_count", get_settings().prefetch_count)
-        super().__init__(queue=step_queue(function), requeue_on_error=True, **kwargs)
-        self.function = function
+        super().__init__(queue=queue, requeue_on_error=True, **kwargs)
 
     def handle_message(self, body: Any, message: Any) -> None:
-        args = (body, message.properties.get("message_id"))
+        args = (body, message.properties.get("message_id"), message.headers or {})
         handle_result = partial(self.handle_result, message)
 
         def spawn_worker() -> None:
@@ -60,4 +61,11 @@ class StepConsumer(Consumer):
             self.consumer.requeue_message(message)
 
 
-step_consumer = StepConsumer.decorator
+def step_consumer(function: str) -> Any:
+    """Decorate a worker method to receive ``function``'s step messages."""
+    return StepConsumer.decorator(step_queue(function))
+
+
+def dead_letter_consumer() -> Any:
+    """Decorate a worker method to receive the dead-lettered messages."""
+    return StepConsumer.decorator(dead_queue())

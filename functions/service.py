@@ -34,7 +34,7 @@ def service_for(spec: FunctionSpec) -> type:
     """A nameko service class running ``spec``'s step messages."""
     service_name = f"fn_{spec.name.replace('-', '_')}"
 
-    def handle(self: Any, body: Any, message_id: str | None) -> str:
+    def handle(self: Any, body: Any, message_id: str | None, headers: dict[str, Any]) -> str:
         factory: sessionmaker[Session] = self.db
         return str(run_step(factory, spec, body, message_id, consumer=service_name))
 

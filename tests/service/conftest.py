@@ -40,12 +40,13 @@ def relay(platform_env: dict[str, str]) -> Iterator[Relay]:
 
 @pytest.fixture
 def functions(platform_env: dict[str, str], runner_factory: Any, effect_table: None) -> Any:
-    """Every test and built-in function, served by nameko in this process."""
+    """Every test and built-in function and the dead-letter service, served by nameko."""
     import functions.builtins as builtins
     import tests.stepfuncs as stepfuncs
+    from functions.deadletters import DeadLetterService
     from functions.service import services_for
 
-    services = [*services_for(stepfuncs.__name__).values()]
+    services = [DeadLetterService, *services_for(stepfuncs.__name__).values()]
     services += services_for(builtins.__name__).values()
     runner = runner_factory(nameko_config(), *services)
     runner.start()

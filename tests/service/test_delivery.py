@@ -15,11 +15,13 @@ from autostep.db import unit_of_work
 from autostep.engine import start_job
 from autostep.models import Inbox, Outbox, Process
 from autostep.outbox import SHARDS
+from autostep.queries import job_view
 from autostep.relay import Relay, _amqp_params
 from autostep.sdk import REGISTRY
 from autostep.settings import Settings
 from autostep.step_runner import StepOutcome, run_step
 from autostep.topology import DEAD_QUEUE, EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
+from functions.deadletters import death_reason, handle_dead_letter
 
 CHAIN = {
     "name": "pair",
@@ -179,14 +181,13 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
     assert relays[0].published > 0 and relays[1].published > 0
 
 
-def test_messages_a_runner_cannot_use_are_dead_lettered_not_dropped(
-    amqp_uri: str, functions: Any
+def test_messages_a_runner_cannot_use_are_dead_lettered_and_logged(
+    amqp_uri: str, functions: Any, caplog: Any
 ) -> None:
     conn = amqp.Connection(**_amqp_params(amqp_uri))
     conn.connect()
     channel = conn.channel()
     declare_base(channel)
-    channel.queue_purge(DEAD_QUEUE)
     unknown_process = {
         "process_id": str(uuid.uuid4()),
         "job_id": str(uuid.uuid4()),
@@ -206,13 +207,36 @@ def test_messages_a_runner_cannot_use_are_dead_lettered_not_dropped(
             exchange=STEPS_EXCHANGE,
             routing_key="t_add",
         )
-    dead = []
     for _ in range(100):
-        message = channel.basic_get(DEAD_QUEUE, no_ack=True)
-        if message is not None:
-            dead.append(json.loads(message.body))
-        if len(dead) == 2:
+        logged = [r.getMessage() for r in caplog.records if r.name == "functions.deadletters"]
+        if len(logged) == 2:
             break
         eventlet.sleep(0.05)
+    _, ready, _ = channel.queue_declare(DEAD_QUEUE, passive=True)
     conn.close()
-    assert sorted(dead, key=len) == [{"not": "a step"}, unknown_process]
+    assert any("no step message" in m and '"not": "a step"' in m for m in logged)
+    assert any("unknown process" in m and unknown_process["process_id"] in m for m in logged)
+    assert ready == 0
+
+
+def test_a_dead_lettered_step_fails_its_process_and_job_once(
+    session_factory: Any, project: str
+) -> None:
+    job_id = _start(session_factory, project)
+    (row,) = _step_rows(session_factory, job_id)
+    reason = death_reason(
+        {"x-death": [{"reason": "delivery_limit", "queue": "autostep.fn.t_add", "count": 10}]}
+    )
+
+    assert handle_dead_letter(session_factory, row.payload, str(row.id), reason)
+    assert handle_dead_letter(session_factory, row.payload, str(row.id), reason)  # no-op
+
+    with unit_of_work(session_factory) as session:
+        view = job_view(session, job_id)
+        events = session.scalar(
+            select(func.count()).where(Outbox.type == "job.updated", Outbox.aggregate_id == job_id)
+        )
+    assert view["status"] == "failed"
+    assert view["processes"][0]["status"] == "failed"
+    assert "dead-lettered: delivery_limit on autostep.fn.t_add after 10" in view["error"]
+    assert events == 2  # started, failed: the second call changed nothing

@@ -3,10 +3,32 @@
 The public API for writing step functions::
 
     from autostep import PermanentError, RetryableError, StepContext, function
+
+Names load lazily, so that ``autostep.cli`` can monkey-patch the process for
+eventlet before pydantic, SQLAlchemy or psycopg are imported.
 """
 
-from autostep.exceptions import PermanentError, RetryableError
-from autostep.sdk import StepContext, function
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autostep.exceptions import PermanentError, RetryableError
+    from autostep.sdk import StepContext, function
 
 __all__ = ["PermanentError", "RetryableError", "StepContext", "function"]
 __version__ = "0.1.0"
+
+_HOMES = {
+    "PermanentError": "autostep.exceptions",
+    "RetryableError": "autostep.exceptions",
+    "StepContext": "autostep.sdk",
+    "function": "autostep.sdk",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'autostep' has no attribute {name!r}")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import sys
 import warnings
 
-import psycopg.waiting
-
 __all__ = ["eventlet_patched", "make_psycopg_cooperative", "patch_process"]
 
 
@@ -43,5 +41,7 @@ def make_psycopg_cooperative() -> bool:
     """Point psycopg at a wait function eventlet can switch on; True if it did."""
     if not eventlet_patched():
         return False
+    import psycopg.waiting
+
     psycopg.waiting.wait = psycopg.waiting.wait_select
     return True

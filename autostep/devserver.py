@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ PROCESSES = {
 
 def run_dev(*, demo: bool = True) -> int:
     """Run the local platform until interrupted; returns the exit code."""
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = get_settings()
     _create_database(settings.database_url)
     upgrade(settings.database_url)
@@ -69,6 +71,10 @@ def run_dev(*, demo: bool = True) -> int:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _create_database(url: str) -> None:

@@ -142,7 +142,8 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
     try:
         # both see two members after a rebalance or two and split the shards
         for _ in range(100):
-            if len(relays[0].shards) + len(relays[1].shards) == SHARDS:
+            first, second = relays[0].shards, relays[1].shards
+            if first and second and len(first) + len(second) == SHARDS:
                 break
             eventlet.sleep(0.05)
         assert relays[0].shards and relays[1].shards

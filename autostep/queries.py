@@ -21,7 +21,11 @@ __all__ = ["job_view", "list_jobs"]
 
 def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
     """The job ``job_id`` with its input, timings and processes in creation order."""
-    job = session.get(Job, uuid.UUID(str(job_id)))
+    try:
+        key = uuid.UUID(str(job_id))
+    except ValueError as exc:
+        raise NotFoundError(f"no job {job_id!r}: not a job id") from exc
+    job = session.get(Job, key)
     if job is None:
         raise NotFoundError(f"no job {job_id}")
     processes = session.scalars(

@@ -21,8 +21,10 @@ One loop per relay process:
 5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
    insert), the next delayed row, or the polling fallback.
 
-Publishing twice is possible (a crash between publish and delete); consumers
-are idempotent through the inbox, so the effect happens once.
+The owner of shard 0 also prunes inbox rows older than
+``inbox_retention_days``. Publishing twice is possible (a crash between
+publish and delete); consumers are idempotent through the inbox, so the
+effect happens once.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ NEXT_DUE = """
 SELECT extract(epoch FROM min(available_at) - now()) FROM outbox
 WHERE shard = ANY(%(shards)s) AND lease_token IS NULL
 """
+#: Inbox rows older than this cannot meet a redelivery any more.
+PRUNE_INBOX = "DELETE FROM inbox WHERE received_at < now() - make_interval(days => %(days)s)"
+PRUNE_EVERY_SECONDS = 300.0
+
 MEMBERS = """
 SELECT count(*) FROM pg_locks
 WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND granted
@@ -113,6 +119,7 @@ class Relay:
         self._batch = _Batch()
         self._next_tag = 1
         self._rebalanced_at = 0.0
+        self._pruned_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -166,6 +173,8 @@ class Relay:
         while not self.stopping.is_set():
             if time.monotonic() - self._rebalanced_at > self.settings.relay_rebalance_seconds:
                 self.rebalance()
+            if 0 in self.shards and time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
+                self.prune_inbox()
             if self.pass_once() >= self.settings.relay_batch_size:
                 continue
             self._wait(self._idle_timeout())
@@ -191,6 +200,13 @@ class Relay:
             if got and got[0]:
                 self.shards.add(shard)
         self._rebalanced_at = time.monotonic()
+
+    def prune_inbox(self) -> int:
+        """Delete inbox rows past retention (done by the owner of shard 0)."""
+        days = self.settings.inbox_retention_days
+        deleted = self._require_db().execute(PRUNE_INBOX, {"days": days}).rowcount
+        self._pruned_at = time.monotonic()
+        return deleted
 
     # -- one pass -----------------------------------------------------------
 

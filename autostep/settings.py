@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = 1.0
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
+    #: Inbox rows (seen message ids) are kept this long, then pruned by a relay.
+    inbox_retention_days: int = 7
     #: Runner: deliveries of one message before RabbitMQ dead-letters it.
     delivery_limit: int = 10
 

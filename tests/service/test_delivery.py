@@ -241,3 +241,24 @@ def test_a_dead_lettered_step_fails_its_process_and_job_once(
     assert view["processes"][0]["status"] == "failed"
     assert "dead-lettered: delivery_limit on autostep.fn.t_add after 10" in view["error"]
     assert events == 2  # started, failed: the second call changed nothing
+
+
+def test_the_relay_prunes_inbox_rows_past_retention(session_factory: Any) -> None:
+    old, fresh = uuid.uuid4(), uuid.uuid4()
+    with unit_of_work(session_factory) as session:
+        session.execute(
+            text(
+                "INSERT INTO inbox (consumer, message_id, received_at) VALUES"
+                " ('prune', :old, now() - interval '8 days'), ('prune', :fresh, now())"
+            ),
+            {"old": old, "fresh": fresh},
+        )
+    pruner = Relay()
+    pruner.connect()
+    try:
+        assert pruner.prune_inbox() >= 1
+    finally:
+        pruner.close()
+    with unit_of_work(session_factory) as session:
+        left = session.scalars(select(Inbox.message_id).where(Inbox.consumer == "prune")).all()
+    assert left == [fresh]

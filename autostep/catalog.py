@@ -1,7 +1,8 @@
 """The workflow catalog: projects, workflows and their immutable versions.
 
 Publishing a definition validates it completely (:func:`parse_definition`)
-and stores a new :class:`WorkflowVersion` with its steps and transitions;
+and stores a new :class:`WorkflowVersion`: the definition as submitted, which
+the engine runs, and its steps and transitions as rows, for queries;
 nothing is written if anything is wrong. Runs pin a version, and
 :func:`load_version` caches versions per process: they never change.
 """
@@ -16,7 +17,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from autostep.definitions import StepDefinition, TransitionDefinition, parse_definition
+from autostep.definitions import (
+    StepDefinition,
+    TransitionDefinition,
+    WorkflowDefinition,
+    parse_definition,
+)
 from autostep.exceptions import ConflictError, NotFoundError
 from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
 
@@ -159,28 +165,11 @@ def load_version(session: Session, version_id: uuid.UUID) -> CompiledVersion:
     row = session.get(WorkflowVersion, version_id)
     if row is None:
         raise NotFoundError(f"no workflow version {version_id}")
-    steps = {step.name: _step_definition(step, row.transitions) for step in row.steps}
+    definition = WorkflowDefinition.model_validate(row.definition)
+    steps = {step.name: step for step in definition.steps}
     compiled = CompiledVersion(row.id, row.workflow_id, row.number, row.start_step, steps)
     _VERSIONS[version_id] = compiled
     return compiled
-
-
-def _step_definition(step: Step, transitions: list[Transition]) -> StepDefinition:
-    return StepDefinition(
-        name=step.name,
-        function=step.function,
-        config=step.config,
-        input=step.input,
-        for_each=step.for_each,
-        retries=step.retries,
-        backoff=step.backoff,
-        timeout=step.timeout,
-        next=[
-            TransitionDefinition(to=t.target, when=t.condition)
-            for t in transitions
-            if t.source == step.name
-        ],
-    )
 
 
 def _by_name_or_id(model: type[Project] | type[Workflow], key: str | uuid.UUID) -> Any:

@@ -26,7 +26,9 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
         url or settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the hot path; a
+        # dead connection fails its statement, is dropped from the pool, and
+        # the runner requeues the message (InfrastructureError).
     )
 
 

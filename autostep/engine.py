@@ -9,7 +9,7 @@ Lock order is process, then job, then fan-out parent; keep it.
 
 Flow of a job::
 
-    start_job ──► process queued ──► (runner) mark_running ──► function
+    start_job ──► process queued ──► (runner) mark_running, claim_process ──► function
          ▲                                                        │
          └── next step(s) ◄── complete_process ◄── ok ────────────┤
                               fail_attempt ◄────── error ─────────┘
@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
@@ -33,6 +33,7 @@ from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
 __all__ = [
+    "claim_process",
     "complete_process",
     "fail_attempt",
     "job_event",
@@ -79,36 +80,61 @@ def start_job(
     return job
 
 
-def mark_running(session: Session, process_id: uuid.UUID, attempt: int) -> Process | None:
-    """Record that a runner started ``attempt`` of a process.
+def mark_running(
+    session: Session, job_id: uuid.UUID, process_id: uuid.UUID, attempt: int
+) -> bool:
+    """Record that a runner started ``attempt`` of a process, in one statement.
 
-    Returns None when the message is stale: the process finished, moved to
-    another attempt, or its job ended (then it is cancelled here). Raises
-    :class:`NotFoundError` for a process this database never had.
+    Only a queued process of a running job changes (the job row is locked, as
+    in every transaction that writes a job's outbox rows); a duplicate, stale
+    or redelivered message changes nothing. Returns whether it changed.
     """
-    process = _lock_process(session, process_id)
+    live_job = (
+        select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING).with_for_update()
+    )
+    process = session.scalars(
+        update(Process)
+        .where(
+            Process.id == process_id,
+            Process.attempt == attempt,
+            Process.status == ProcessStatus.QUEUED,
+            Process.job_id.in_(live_job),
+        )
+        .values(status=ProcessStatus.RUNNING, started_at=func.now(), version=Process.version + 1)
+        .returning(Process),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if process is None:
+        return False
+    out = OutboxWriter(session, job_id)
+    out.event("process.updated", process.id, process_event(process))
+    out.flush()
+    return True
+
+
+def claim_process(session: Session, process_id: uuid.UUID, attempt: int) -> Process | None:
+    """Lock a process for ``attempt``; None when the message is stale.
+
+    Stale means the process finished (or was cancelled with its job) or moved
+    on to another attempt. Raises :class:`NotFoundError` for a process this
+    database never had. The job is not locked here, so the children of a
+    fan-out run their functions in parallel.
+    """
+    process = session.get(Process, process_id, with_for_update=True)
+    if process is None:
+        raise NotFoundError(f"no process {process_id}")
     if process.attempt != attempt or ProcessStatus(process.status).finished:
         return None
-    job = _lock_job(session, process.job_id)
-    out = OutboxWriter(session, job.id)
-    if JobStatus(job.status).finished:
-        _set_process(out, process, ProcessStatus.CANCELLED)
-        out.flush()
-        return None
-    if process.status != ProcessStatus.RUNNING:
-        process.started_at = _now()
-        _set_process(out, process, ProcessStatus.RUNNING)
-        out.flush()
     return process
 
 
-def complete_process(session: Session, process_id: uuid.UUID, output: dict[str, Any]) -> None:
-    """A process succeeded with ``output``: take the next step or end the job.
+def complete_process(session: Session, process: Process, output: dict[str, Any]) -> None:
+    """``process`` (locked by :func:`claim_process`) succeeded with ``output``.
 
-    Raises :class:`PermanentError` when a transition or the next step's input
-    cannot be evaluated; the caller rolls back and fails the process.
+    Takes the next step or ends the job. Raises :class:`PermanentError` when a
+    transition or the next step's input cannot be evaluated; the caller rolls
+    back and fails the process.
     """
-    process = _lock_process(session, process_id)
     job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)
     process.output = output

@@ -14,13 +14,16 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from autostep.models import Outbox
 from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE
 
 __all__ = ["SHARDS", "OutboxWriter", "shard_of"]
+
+#: Core table: a plain multi-row INSERT, cheaper than the ORM's bulk path.
+OUTBOX_TABLE: Table = Outbox.__table__  # type: ignore[assignment]
 
 #: Fixed for the life of a database: relays divide these shards among them.
 SHARDS = 64
@@ -79,5 +82,5 @@ class OutboxWriter:
         delayed = [row for row in self.rows if "available_at" in row]
         for rows in (immediate, delayed):
             if rows:
-                self.session.execute(insert(Outbox), rows)
+                self.session.execute(insert(OUTBOX_TABLE), rows)
         self.rows.clear()

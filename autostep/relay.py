@@ -29,7 +29,6 @@ effect happens once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -66,7 +65,7 @@ WHERE id IN (
       AND (lease_until IS NULL OR lease_until < now())
     ORDER BY seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
-RETURNING id, seq, type, exchange, routing_key, mandatory, payload, attempts
+RETURNING id, seq, type, exchange, routing_key, mandatory, payload::text AS body, attempts
 """
 DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s) AND lease_token = %(token)s"
 RELEASE = """
@@ -127,6 +126,10 @@ class Relay:
         db = psycopg.connect(libpq_dsn(self.settings.database_url), autocommit=True)
         db.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (MEMBER_LOCK,))
         db.execute("LISTEN autostep_outbox")
+        # A lost claim only delays rows until the lease ends; a lost delete
+        # republishes rows the consumers' inbox already has: no need to wait
+        # for the WAL flush on the relay's own commits.
+        db.execute("SET synchronous_commit = off")
         self._db = db
         conn = amqp.Connection(**_amqp_params(self.settings.amqp_uri))
         conn.connect()
@@ -175,9 +178,11 @@ class Relay:
                 self.rebalance()
             if 0 in self.shards and time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self.prune_inbox()
-            if self.pass_once() >= self.settings.relay_batch_size:
+            claimed = self.pass_once()
+            if claimed >= self.settings.relay_batch_size:
                 continue
-            self._wait(self._idle_timeout())
+            # After a pass that found rows, a NOTIFY is likely pending anyway.
+            self._wait(self.settings.relay_poll_seconds if claimed else self._idle_timeout())
 
     # -- shards -------------------------------------------------------------
 
@@ -249,7 +254,7 @@ class Relay:
                 declare_step_queue(channel, row["routing_key"])
                 self._declared.add(row["routing_key"])
             message = amqp.Message(
-                json.dumps(row["payload"], separators=(",", ":")),
+                row["body"],
                 content_type="application/json",
                 content_encoding="utf-8",
                 delivery_mode=2,

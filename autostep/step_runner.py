@@ -2,9 +2,10 @@
 
 For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 
-1. transaction: skip if the inbox has the message, or the attempt is stale;
-   mark the process running (and emit ``process.updated``);
-2. transaction: record the message in the inbox, call the function with a
+1. one statement: mark the process running (and emit ``process.updated``)
+   if it is still queued;
+2. transaction: record the message in the inbox (a duplicate stops here),
+   lock the process (a stale attempt stops here), call the function with a
    :class:`StepContext` whose session is this transaction, then
    :func:`engine.complete_process` writes the result, the next processes
    and their outbox rows: the function's own writes, the result and the next
@@ -30,7 +31,6 @@ import eventlet
 import psycopg
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -105,17 +105,14 @@ def _run(
     consumer: str,
 ) -> StepOutcome:
     with unit_of_work(factory) as session:
-        seen = session.scalar(
-            select(Inbox.message_id).where(
-                Inbox.consumer == consumer, Inbox.message_id == message_id
-            )
-        )
-        if seen or engine.mark_running(session, message.process_id, message.attempt) is None:
-            return StepOutcome.SKIPPED
+        engine.mark_running(session, message.job_id, message.process_id, message.attempt)
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
             if not record_inbox(session, consumer, message_id):
+                return StepOutcome.SKIPPED
+            process = engine.claim_process(session, message.process_id, message.attempt)
+            if process is None:
                 return StepOutcome.SKIPPED
             context = StepContext(
                 job_id=message.job_id,
@@ -128,9 +125,14 @@ def _run(
             timeout = RetryableError(f"timed out after {policy.timeout}s")
             with eventlet.Timeout(policy.timeout, timeout):
                 output = spec.call(message.input, context)
-            engine.complete_process(session, message.process_id, output)
+            engine.complete_process(session, process, output)
         return StepOutcome.SUCCEEDED
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError):
+    except (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        psycopg.OperationalError,
+        NotFoundError,
+    ):
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"

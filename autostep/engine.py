@@ -22,7 +22,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
@@ -92,17 +93,17 @@ def mark_running(
     live_job = (
         select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING).with_for_update()
     )
-    process = session.scalars(
-        update(Process)
+    table = PROCESS_TABLE
+    process = session.execute(
+        update(table)
         .where(
-            Process.id == process_id,
-            Process.attempt == attempt,
-            Process.status == ProcessStatus.QUEUED,
-            Process.job_id.in_(live_job),
+            table.c.id == process_id,
+            table.c.attempt == attempt,
+            table.c.status == ProcessStatus.QUEUED,
+            table.c.job_id.in_(live_job),
         )
-        .values(status=ProcessStatus.RUNNING, started_at=func.now(), version=Process.version + 1)
-        .returning(Process),
-        execution_options={"synchronize_session": False},
+        .values(status=ProcessStatus.RUNNING, started_at=func.now(), version=table.c.version + 1)
+        .returning(table)
     ).first()
     if process is None:
         return False
@@ -344,6 +345,9 @@ def _step_message(process: Process, job: Job, version: CompiledVersion) -> dict[
     }
 
 
+#: Core table for the one-statement running mark (rows, not ORM objects).
+PROCESS_TABLE: Table = Process.__table__  # type: ignore[assignment]
+
 _VERSION_STEP_POLICY: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
 
 
@@ -432,7 +436,7 @@ def job_event(job: Job) -> dict[str, Any]:
     }
 
 
-def process_event(process: Process) -> dict[str, Any]:
+def process_event(process: Process | Row[Any]) -> dict[str, Any]:
     """The payload of ``process.updated``."""
     finished = ProcessStatus(process.status).finished
     return {

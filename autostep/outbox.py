@@ -82,5 +82,6 @@ class OutboxWriter:
         delayed = [row for row in self.rows if "available_at" in row]
         for rows in (immediate, delayed):
             if rows:
-                self.session.execute(insert(OUTBOX_TABLE), rows)
+                # one multi-row VALUES statement: one round trip, no pipeline
+                self.session.execute(insert(OUTBOX_TABLE).values(rows))
         self.rows.clear()

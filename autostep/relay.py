@@ -143,6 +143,7 @@ class Relay:
         self._declared.clear()
         self._next_tag = 1
         self.rebalance()
+        log.info("relay connected, holding %d of %d shards", len(self.shards), SHARDS)
 
     def close(self) -> None:
         for resource in (self._amqp, self._db):

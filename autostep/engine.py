@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
-from autostep.exceptions import NotFoundError, PermanentError
+from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
@@ -81,18 +81,14 @@ def start_job(
     return job
 
 
-def mark_running(
-    session: Session, job_id: uuid.UUID, process_id: uuid.UUID, attempt: int
-) -> bool:
-    """Record that a runner started ``attempt`` of a process, in one statement.
+def mark_running(session: Session, job_id: uuid.UUID, process_id: uuid.UUID, attempt: int) -> bool:
+    """Record that ``attempt`` of a still-queued process is running.
 
-    Only a queued process of a running job changes (the job row is locked, as
-    in every transaction that writes a job's outbox rows); a duplicate, stale
-    or redelivered message changes nothing. Returns whether it changed.
+    The runner calls it, in a transaction of its own, only for a step still
+    running after ``running_mark_seconds``, so fast steps go from queued to
+    succeeded in one transaction. Locks the process, then the job (the order
+    every transaction here keeps). Returns whether anything changed.
     """
-    live_job = (
-        select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING).with_for_update()
-    )
     table = PROCESS_TABLE
     process = session.execute(
         update(table)
@@ -100,13 +96,13 @@ def mark_running(
             table.c.id == process_id,
             table.c.attempt == attempt,
             table.c.status == ProcessStatus.QUEUED,
-            table.c.job_id.in_(live_job),
         )
         .values(status=ProcessStatus.RUNNING, started_at=func.now(), version=table.c.version + 1)
         .returning(table)
     ).first()
     if process is None:
         return False
+    _lock_job(session, job_id)
     out = OutboxWriter(session, job_id)
     out.event("process.updated", process.id, process_event(process))
     out.flush()
@@ -114,14 +110,15 @@ def mark_running(
 
 
 def claim_process(session: Session, process_id: uuid.UUID, attempt: int) -> Process | None:
-    """Lock a process for ``attempt``; None when the message is stale.
+    """The process ``attempt`` is for; None when the message is stale.
 
     Stale means the process finished (or was cancelled with its job) or moved
     on to another attempt. Raises :class:`NotFoundError` for a process this
-    database never had. The job is not locked here, so the children of a
-    fan-out run their functions in parallel.
+    database never had. Nothing is locked while the function runs, so the
+    children of a fan-out run in parallel; :func:`complete_process` locks and
+    checks again.
     """
-    process = session.get(Process, process_id, with_for_update=True)
+    process = session.get(Process, process_id)
     if process is None:
         raise NotFoundError(f"no process {process_id}")
     if process.attempt != attempt or ProcessStatus(process.status).finished:
@@ -129,17 +126,30 @@ def claim_process(session: Session, process_id: uuid.UUID, attempt: int) -> Proc
     return process
 
 
-def complete_process(session: Session, process: Process, output: dict[str, Any]) -> None:
-    """``process`` (locked by :func:`claim_process`) succeeded with ``output``.
+def complete_process(
+    session: Session,
+    process: Process,
+    attempt: int,
+    output: dict[str, Any],
+    *,
+    started_at: datetime | None = None,
+) -> None:
+    """``attempt`` of ``process`` (from :func:`claim_process`) succeeded with ``output``.
 
-    Takes the next step or ends the job. Raises :class:`PermanentError` when a
-    transition or the next step's input cannot be evaluated; the caller rolls
-    back and fails the process.
+    Takes the next step or ends the job. Raises :class:`StaleAttempt` when the
+    attempt was overtaken meanwhile, and :class:`PermanentError` when a
+    transition or the next step's input cannot be evaluated; either way the
+    caller rolls back, the function's own writes included.
     """
+    session.refresh(process, with_for_update=True)
+    if process.attempt != attempt or ProcessStatus(process.status).finished:
+        raise StaleAttempt(f"attempt {attempt} of process {process.id} is stale")
     job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)
     process.output = output
     process.error = None
+    if process.started_at is None:
+        process.started_at = started_at or _now()
     process.finished_at = _now()
     _set_process(out, process, ProcessStatus.SUCCEEDED)
     if not JobStatus(job.status).finished:

@@ -10,6 +10,7 @@
     │   └── ConditionError        a CEL expression does not compile
     ├── NotFoundError             a project, workflow, version or job is missing
     ├── ConflictError             the thing exists already / wrong state
+    │   └── StaleAttempt          a step message was overtaken by another attempt
     └── InfrastructureError       the database or broker misbehaved
 
 Boundaries (the gateway, the CLI, nameko entrypoints) translate these into HTTP
@@ -27,6 +28,7 @@ __all__ = [
     "NotFoundError",
     "PermanentError",
     "RetryableError",
+    "StaleAttempt",
     "StepError",
 ]
 
@@ -74,6 +76,10 @@ class NotFoundError(AutostepError):
 
 class ConflictError(AutostepError):
     """The request clashes with existing state (a duplicate name, a finished job)."""
+
+
+class StaleAttempt(ConflictError):
+    """A step finished an attempt that another attempt (or the job) overtook."""
 
 
 class InfrastructureError(AutostepError):

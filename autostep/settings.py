@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     relay_rebalance_seconds: float = 5.0
     #: Inbox rows (seen message ids) are kept this long, then pruned by a relay.
     inbox_retention_days: int = 7
+    #: Runner: a step still running after this many seconds is shown as running.
+    running_mark_seconds: float = 0.5
     #: Runner: deliveries of one message before RabbitMQ dead-letters it.
     delivery_limit: int = 10
 

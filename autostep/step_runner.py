@@ -2,17 +2,18 @@
 
 For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 
-1. one statement: mark the process running (and emit ``process.updated``)
-   if it is still queued;
-2. transaction: record the message in the inbox (a duplicate stops here),
-   lock the process (a stale attempt stops here), call the function with a
+1. one transaction: record the message in the inbox (a duplicate stops
+   here), read the process (a stale attempt stops here), call the function with a
    :class:`StepContext` whose session is this transaction, then
    :func:`engine.complete_process` writes the result, the next processes
    and their outbox rows: the function's own writes, the result and the next
-   messages commit together or not at all;
-3. if the function (or evaluating what comes next) fails: the second
-   transaction rolls back and a third records the failure in the inbox and
-   schedules a retry or fails the process and the job.
+   messages commit together or not at all. A step still running after
+   ``running_mark_seconds`` is marked running by a separate short
+   transaction, so fast steps cost one commit and the grid still sees slow
+   ones run;
+2. if the function (or evaluating what comes next) fails: that transaction
+   rolls back and another records the failure in the inbox and schedules a
+   retry or fails the process and the job.
 
 A crash anywhere before a commit leaves the message unacknowledged, RabbitMQ
 redelivers it, and the inbox makes the redelivery a no-op once a commit
@@ -22,13 +23,16 @@ happened. Database outages are *not* step failures: they raise
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import eventlet
 import psycopg
+from greenlet import GreenletExit
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -41,9 +45,11 @@ from autostep.exceptions import (
     NotFoundError,
     PermanentError,
     RetryableError,
+    StaleAttempt,
 )
 from autostep.models import Inbox
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
+from autostep.settings import get_settings
 
 __all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "record_inbox", "run_step"]
 
@@ -104,8 +110,6 @@ def _run(
     message_id: uuid.UUID,
     consumer: str,
 ) -> StepOutcome:
-    with unit_of_work(factory) as session:
-        engine.mark_running(session, message.job_id, message.process_id, message.attempt)
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
@@ -122,11 +126,24 @@ def _run(
                 session=session,
                 extra={"message_id": message_id},
             )
-            timeout = RetryableError(f"timed out after {policy.timeout}s")
-            with eventlet.Timeout(policy.timeout, timeout):
-                output = spec.call(message.input, context)
-            engine.complete_process(session, process, output)
+            started_at = datetime.now(UTC)
+            marker = eventlet.spawn_after(
+                get_settings().running_mark_seconds, _mark_running, factory, message
+            )
+            try:
+                timeout = RetryableError(f"timed out after {policy.timeout}s")
+                with eventlet.Timeout(policy.timeout, timeout):
+                    output = spec.call(message.input, context)
+            finally:
+                marker.cancel()  # not started yet: it never runs; else let it finish
+                with contextlib.suppress(GreenletExit):
+                    marker.wait()
+            engine.complete_process(
+                session, process, message.attempt, output, started_at=started_at
+            )
         return StepOutcome.SUCCEEDED
+    except StaleAttempt:
+        return StepOutcome.SKIPPED
     except (
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
@@ -145,6 +162,15 @@ def _run(
             session, message.process_id, message.attempt, error, retry_in
         )
     return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
+
+
+def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
+    """Show a step that is taking a while as running (its own transaction)."""
+    try:
+        with unit_of_work(factory) as session:
+            engine.mark_running(session, message.job_id, message.process_id, message.attempt)
+    except Exception:  # only a display state: the step goes on regardless
+        log.warning("could not mark %s running", message.process_id, exc_info=True)
 
 
 def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | None:

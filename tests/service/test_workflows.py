@@ -212,3 +212,30 @@ def test_workflow_edited_while_a_run_is_in_flight_keeps_its_version(
     with unit_of_work(session_factory) as session:
         steps = session.scalars(select(Process.step).where(Process.job_id == old_job)).all()
     assert sorted(steps) == ["s1", "s2", "s3"]
+
+
+def test_a_slow_step_is_shown_running_while_it_runs(
+    session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
+) -> None:
+    import eventlet
+
+    from autostep.queries import job_view
+
+    definition = {"name": "slow", "steps": [{"name": "nap", "function": "delay"}]}
+    _publish(session_factory, project, definition)
+    job_id = _start(session_factory, project, "slow", {"seconds": 1.5})
+    seen = set()
+    for _ in range(150):
+        with unit_of_work(session_factory) as session:
+            view = job_view(session, job_id)
+        seen.add(view["processes"][0]["status"])
+        if view["status"] != "running":
+            break
+        eventlet.sleep(0.02)
+
+    final = wait_for_job(job_id)
+    assert "running" in seen  # marked after running_mark_seconds (0.5 s)
+    assert final["status"] == "succeeded"
+    nap = final["processes"][0]
+    assert nap["started_at"] < nap["finished_at"]
+    assert nap["version"] == 3  # queued, running, succeeded

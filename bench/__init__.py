@@ -1,0 +1,1 @@
+"""Benchmarks of autostep end to end; ``.venv/bin/python bench/run.py`` runs them."""

@@ -1,0 +1,274 @@
+"""What a benchmark runs against: its own database, vhost and autostep processes.
+
+:func:`bench_platform` creates ``autostep_bench_<random>`` as a PostgreSQL
+database and a RabbitMQ vhost (``rabbitmqctl add_vhost``), migrates the
+database, and on the way out (also on Ctrl-C or an error) stops the
+processes it spawned and drops both. :class:`CpuMeter` reads ``/proc`` to
+tell which process was busy while a benchmark ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+
+from bench.report import say
+
+__all__ = [
+    "ROOT",
+    "CpuMeter",
+    "Platform",
+    "bench_platform",
+    "libpq",
+    "quiet_imports",
+    "rabbitmqctl",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_DB = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+SERVER_AMQP = os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def libpq(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{path}"))
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> str:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise SystemExit("bench: rabbitmqctl not found; run where it can manage vhosts")
+    done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass
+class Platform:
+    """The bench database and vhost, and the processes running against them."""
+
+    name: str
+    database_url: str
+    amqp_uri: str
+    logs: Path
+    #: The tree the autostep processes run from (``--code``): the repo or a patched copy.
+    code: Path = ROOT
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "AUTOSTEP_DATABASE_URL": self.database_url,
+            "AUTOSTEP_AMQP_URI": self.amqp_uri,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.code != ROOT:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.code), env.get("PYTHONPATH")])
+            )
+        return env
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``python ARGS`` in :attr:`code`, output to ``<logs>/<name>.log``."""
+        with open(self.logs / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=self.code,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the bench only; it stops them in order
+            )
+        self.procs[name] = proc
+        return proc
+
+    def spawn_autostep(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """``python -m autostep.cli ARGS`` as a user would start it."""
+        return self.spawn(name, "-m", "autostep.cli", *args)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def bench_platform(*, code: Path = ROOT, keep_logs: bool = False) -> Iterator[Platform]:
+    """A fresh, migrated database and a fresh vhost; all removed on the way out."""
+    name = f"autostep_bench_{uuid.uuid4().hex[:10]}"
+    logs = Path(tempfile.mkdtemp(prefix=f"{name}_"))
+    plat = Platform(name, _with_path(SERVER_DB, name), _with_path(SERVER_AMQP, name), logs, code)
+    created_db = created_vhost = False
+    try:
+        with psycopg.connect(libpq(SERVER_DB), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        created_db = True
+        rabbitmqctl("add_vhost", name)
+        created_vhost = True
+        user = urlparse(SERVER_AMQP).username or "guest"
+        rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        os.environ["AUTOSTEP_DATABASE_URL"] = plat.database_url
+        os.environ["AUTOSTEP_AMQP_URI"] = plat.amqp_uri
+        from autostep.migrate import upgrade
+
+        upgrade(plat.database_url)
+        yield plat
+    finally:
+        for proc_name in list(plat.procs)[::-1]:
+            plat.stop(proc_name)
+        if created_db:
+            with psycopg.connect(libpq(SERVER_DB), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if created_vhost:
+            rabbitmqctl("delete_vhost", name, check=False)
+        if keep_logs:
+            say(f"\nprocess logs kept in {logs}")
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
+
+
+def quiet_imports() -> None:
+    """Import nameko and eventlet once with their deprecation notices silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import eventlet  # noqa: F401
+        import nameko.standalone.rpc  # noqa: F401
+
+
+# -- CPU accounting -------------------------------------------------------------
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """Cores each process group kept busy between construction and :meth:`report`.
+
+    Groups: the processes the bench spawned, by name; PostgreSQL backends of
+    the bench database; the rest of PostgreSQL (WAL writer, checkpointer,
+    other databases); RabbitMQ (``beam.smp``); the bench itself; and every
+    other process on the machine, which is other people's work when the
+    machine is shared. ``machine`` is the whole machine, from ``/proc/stat``;
+    what it has beyond the groups is kernel time (network, disk) no process
+    was charged for.
+    """
+
+    def __init__(self, plat: Platform) -> None:
+        self.plat = plat
+        self.start = self._sample()
+        self.machine = _machine_ticks()
+        self.t0 = time.perf_counter()
+
+    def _group(self, pid: str, ours: dict[int, str]) -> str:
+        if int(pid) in ours:
+            return ours[int(pid)]
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            return "others"
+        if comm == "postgres":
+            return "pg bench db" if self.plat.name in _cmdline(pid) else "pg other"
+        if comm == "beam.smp":
+            return "rabbitmq"
+        return "others"
+
+    def _sample(self) -> dict[str, tuple[str, float]]:
+        ours = {proc.pid: name for name, proc in self.plat.procs.items()}
+        ours[os.getpid()] = "bench"
+        sample = {}
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                sample[pid] = (self._group(pid, ours), _cpu_of(int(pid)))
+        return sample
+
+    def report(self) -> dict[str, float]:
+        """Print and return cores busy per group, plus ``machine``."""
+        end, wall = self._sample(), time.perf_counter() - self.t0
+        ticks = _machine_ticks()
+        delta = {kind: ticks[kind] - self.machine[kind] for kind in ticks}
+        shares: dict[str, float] = {name: 0.0 for name in self.plat.procs}
+        shares.update({"pg bench db": 0.0, "pg other": 0.0, "rabbitmq": 0.0, "bench": 0.0})
+        shares["others"] = 0.0
+        for pid, (group, cpu) in end.items():
+            before = self.start.get(pid, (group, 0.0))[1]
+            shares[group] = shares.get(group, 0.0) + (cpu - before) / wall
+        cores = os.cpu_count() or 1
+        machine = {kind: delta[kind] / max(1, delta["total"]) * cores for kind in delta}
+        listed = "  ".join(f"{name} {share:.2f}" for name, share in shares.items())
+        say(f"  cores busy over {wall:.1f}s: {listed}")
+        say(
+            f"    whole machine {machine['busy']:.2f} of {cores}: user {machine['user']:.2f},"
+            f" system {machine['system']:.2f}, softirq {machine['softirq']:.2f},"
+            f" steal {machine['steal']:.2f}"
+        )
+        if shares["others"] > 0.1:
+            say("    NOTE: other processes were busy; the figures are pessimistic")
+        shares["machine"] = machine["busy"]
+        shares.update({f"machine {kind}": machine[kind] for kind in ("user", "system", "softirq")})
+        return shares
+
+
+def _machine_ticks() -> dict[str, int]:
+    """Jiffies of all CPUs since boot by kind, from the first line of ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) for v in f.readline().split()[1:9]
+        )
+    ticks = {"user": user + nice, "system": system + irq, "softirq": softirq, "steal": steal}
+    ticks["busy"] = sum(ticks.values())
+    ticks["total"] = ticks["busy"] + idle + iowait
+    return ticks

@@ -1,0 +1,232 @@
+"""The ``autostep`` command line as a user runs it, against a running platform.
+
+A project is created, a YAML workflow (the built-in ``fibo`` and a CEL
+condition choosing between two branches) is published, and runs are started
+and followed while ``autostep relay`` and ``autostep functions run`` serve
+them. Mistakes a user makes (input that is not JSON, a broken condition, a
+missing file, an unknown workflow) exit non-zero naming what is wrong and
+change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from autostep.db import unit_of_work
+from autostep.models import Job, Workflow
+from tests.e2e.conftest import REPO_ROOT, ManagedProcess, autostep_command
+
+pytestmark = pytest.mark.e2e
+
+#: Seconds one CLI command may take (``--follow`` waits for the whole run).
+CLI_TIMEOUT = 90.0
+
+FIBO_WORKFLOW = """\
+name: fib
+description: fibo(n), then fibo(n + 1) when the value is big, fibo(n - 1) otherwise
+steps:
+  - name: compute
+    function: fibo
+    next:
+      - to: big
+        when: "output.value > 50"
+      - to: small
+  - name: big
+    function: fibo
+    input:
+      n: "prev.n + 1"
+  - name: small
+    function: fibo
+    input:
+      n: "prev.n - 1"
+"""
+
+BROKEN_CONDITION_WORKFLOW = """\
+name: broken
+steps:
+  - name: compute
+    function: fibo
+    next:
+      - to: done
+        when: "output.value >"
+  - name: done
+    function: noop
+"""
+
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def cli(process_env: dict[str, str]) -> Cli:
+    """Runs ``autostep ARGS...`` to completion; returns exit code and output."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            autostep_command(*args),
+            cwd=REPO_ROOT,
+            env=process_env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+
+    return run
+
+
+@pytest.fixture
+def project(cli: Cli) -> str:
+    """A project created with ``autostep project create``."""
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    created = cli("project", "create", name, "--description", "e2e")
+    assert created.returncode == 0, created.stderr
+    uuid.UUID(created.stdout.strip())  # prints the new project's id
+    return name
+
+
+def _write(tmp_path: Path, name: str, content: str) -> Path:
+    path = tmp_path / name
+    path.write_text(content)
+    return path
+
+
+def _publish(cli: Cli, project: str, path: Path) -> None:
+    published = cli("workflow", "publish", project, str(path))
+    assert published.returncode == 0, published.stderr
+
+
+def _count(session_factory: Any, statement: Any) -> int:
+    with unit_of_work(session_factory) as session:
+        return int(session.scalar(statement) or 0)
+
+
+def test_publish_start_follow_and_status_of_a_branching_workflow(
+    cli: Cli,
+    project: str,
+    tmp_path: Path,
+    relay_process: ManagedProcess,
+    runner_process: ManagedProcess,
+) -> None:
+    path = _write(tmp_path, "fib.yaml", FIBO_WORKFLOW)
+    published = cli("workflow", "publish", project, str(path))
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith("published fib version 1 ")
+
+    # fibo(10) = 55 > 50: the condition takes the `big` branch, fibo(11) = 89
+    followed = cli("run", "start", project, "fib", "--input", '{"n": 10}', "--follow")
+
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    lines = followed.stdout.splitlines()
+    job_id = str(uuid.UUID(lines[0]))
+    last_frame = lines[lines.index(f"job {job_id}  succeeded") :]
+    assert last_frame == [
+        f"job {job_id}  succeeded",
+        "  ✔ compute succeeded",
+        "  ✔ big succeeded",
+        'output: {"n": 11, "value": 89}',
+    ]
+
+    status = cli("run", "status", job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert view["id"] == job_id
+    assert view["status"] == "succeeded"
+    assert view["trigger"] == "cli"
+    assert view["input"] == {"n": 10}
+    assert view["output"] == {"n": 11, "value": 89}
+    assert [(p["step"], p["status"]) for p in view["processes"]] == [
+        ("compute", "succeeded"),
+        ("big", "succeeded"),
+    ]
+    assert view["processes"][0]["output"] == {"n": 10, "value": 55}
+
+    # fibo(5) = 5: the otherwise branch, fibo(4) = 3; started, then followed by status
+    started = cli("run", "start", project, "fib", "--input", '{"n": 5}')
+    assert started.returncode == 0, started.stderr
+    other_id = started.stdout.strip()
+    status_followed = cli("run", "status", other_id, "--follow")
+    assert status_followed.returncode == 0, status_followed.stdout + status_followed.stderr
+    assert "  ✔ small succeeded" in status_followed.stdout
+    assert "big" not in status_followed.stdout
+    assert status_followed.stdout.rstrip().endswith('output: {"n": 4, "value": 3}')
+
+
+def test_a_failing_run_exits_non_zero_and_shows_the_error(
+    cli: Cli,
+    project: str,
+    tmp_path: Path,
+    relay_process: ManagedProcess,
+    runner_process: ManagedProcess,
+) -> None:
+    _publish(cli, project, _write(tmp_path, "fib.yaml", FIBO_WORKFLOW))
+    # fibo accepts n <= 30: the input fails validation, a permanent error
+    followed = cli("run", "start", project, "fib", "--input", '{"n": 99}', "--follow")
+
+    assert followed.returncode == 1, followed.stdout + followed.stderr
+    assert "✘ compute failed" in followed.stdout
+    assert "error: step 'compute' failed: PermanentError: input of 'fibo' is invalid" in (
+        followed.stdout
+    )
+    job_id = followed.stdout.splitlines()[0]
+    status = cli("run", "status", job_id, "--json")
+    assert status.returncode == 1
+    assert json.loads(status.stdout)["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("not json", "--input is not JSON"), ("[1, 2]", "--input must be a JSON object")],
+)
+def test_input_that_is_not_a_json_object_is_rejected_before_a_run_starts(
+    cli: Cli, project: str, tmp_path: Path, session_factory: Any, value: str, complaint: str
+) -> None:
+    _publish(cli, project, _write(tmp_path, "fib.yaml", FIBO_WORKFLOW))
+    jobs_before = _count(session_factory, select(func.count()).select_from(Job))
+
+    started = cli("run", "start", project, "fib", "--input", value)
+
+    assert started.returncode != 0
+    assert complaint in started.stderr
+    assert "Traceback" not in started.stderr
+    assert started.stdout == ""
+    assert _count(session_factory, select(func.count()).select_from(Job)) == jobs_before
+
+
+def test_a_broken_condition_is_rejected_naming_the_field(
+    cli: Cli, project: str, tmp_path: Path, session_factory: Any
+) -> None:
+    path = _write(tmp_path, "broken.yaml", BROKEN_CONDITION_WORKFLOW)
+
+    published = cli("workflow", "publish", project, str(path))
+
+    assert published.returncode != 0
+    assert "autostep: error: steps[0].next[0].when:" in published.stderr
+    assert "Traceback" not in published.stderr
+    stored = select(func.count()).select_from(Workflow).where(Workflow.name == "broken")
+    assert _count(session_factory, stored) == 0
+
+
+def test_a_missing_definition_file_is_named(cli: Cli, project: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+
+    published = cli("workflow", "publish", project, str(missing))
+
+    assert published.returncode != 0
+    assert f"FILE {missing}" in published.stderr
+    assert "No such file or directory" in published.stderr
+    assert "Traceback" not in published.stderr
+
+
+def test_an_unknown_workflow_is_named(cli: Cli, project: str) -> None:
+    started = cli("run", "start", project, "nonexistent", "--input", "{}")
+
+    assert started.returncode == 1
+    assert "autostep: error: no workflow 'nonexistent'" in started.stderr
+    assert "Traceback" not in started.stderr

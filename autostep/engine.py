@@ -9,7 +9,7 @@ Lock order is process, then job, then fan-out parent; keep it.
 
 Flow of a job::
 
-    start_job ──► process queued ──► (runner) mark_running, claim_process ──► function
+    start_job ──► process queued ──► (runner) claim_step ──► function
          ▲                                                        │
          └── next step(s) ◄── complete_process ◄── ok ────────────┤
                               fail_attempt ◄────── error ─────────┘
@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
 __all__ = [
-    "claim_process",
+    "claim_step",
     "complete_process",
     "fail_attempt",
     "job_event",
@@ -109,42 +109,66 @@ def mark_running(session: Session, job_id: uuid.UUID, process_id: uuid.UUID, att
     return True
 
 
-def claim_process(session: Session, process_id: uuid.UUID, attempt: int) -> Process | None:
-    """The process ``attempt`` is for; None when the message is stale.
+def claim_step(
+    session: Session, consumer: str, message_id: uuid.UUID, process_id: uuid.UUID, attempt: int
+) -> bool:
+    """Record a step message in the inbox and say whether its function should run.
 
-    Stale means the process finished (or was cancelled with its job) or moved
-    on to another attempt. Raises :class:`NotFoundError` for a process this
-    database never had. Nothing is locked while the function runs, so the
-    children of a fan-out run in parallel; :func:`complete_process` locks and
-    checks again.
+    One round trip: the inbox insert and a read of the process. False for a
+    message seen before (a redelivery) or a stale one (the process finished,
+    was cancelled with its job, or moved on to another attempt); raises
+    :class:`NotFoundError` for a process this database never had. Nothing is
+    locked while the function runs, so the children of a fan-out run in
+    parallel; :func:`complete_process` locks and checks again.
     """
-    process = session.get(Process, process_id)
-    if process is None:
+    row = session.execute(
+        _CLAIM, {"consumer": consumer, "message_id": message_id, "process_id": process_id}
+    ).one()
+    if not row.fresh:
+        return False
+    if row.status is None:
         raise NotFoundError(f"no process {process_id}")
-    if process.attempt != attempt or ProcessStatus(process.status).finished:
-        return None
-    return process
+    return bool(row.attempt == attempt and not ProcessStatus(row.status).finished)
+
+
+_CLAIM = text(
+    """
+    WITH seen AS (
+        INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
+        ON CONFLICT DO NOTHING RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
+    FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = :process_id
+    """
+)
 
 
 def complete_process(
     session: Session,
-    process: Process,
+    process_id: uuid.UUID,
     attempt: int,
     output: dict[str, Any],
     *,
     started_at: datetime | None = None,
 ) -> None:
-    """``attempt`` of ``process`` (from :func:`claim_process`) succeeded with ``output``.
+    """``attempt`` of a process succeeded with ``output``.
 
-    Takes the next step or ends the job. Raises :class:`StaleAttempt` when the
-    attempt was overtaken meanwhile, and :class:`PermanentError` when a
-    transition or the next step's input cannot be evaluated; either way the
-    caller rolls back, the function's own writes included.
+    Locks the process and its job in one statement, then takes the next step
+    or ends the job. Raises :class:`StaleAttempt` when the attempt was
+    overtaken meanwhile, and :class:`PermanentError` when a transition or the
+    next step's input cannot be evaluated; either way the caller rolls back,
+    the function's own writes included.
     """
-    session.refresh(process, with_for_update=True)
+    locked = session.execute(
+        select(Process, Job)
+        .join(Job, Job.id == Process.job_id)
+        .where(Process.id == process_id)
+        .with_for_update()
+    ).first()
+    if locked is None:
+        raise NotFoundError(f"no process {process_id}")
+    process, job = locked
     if process.attempt != attempt or ProcessStatus(process.status).finished:
         raise StaleAttempt(f"attempt {attempt} of process {process.id} is stale")
-    job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)
     process.output = output
     process.error = None

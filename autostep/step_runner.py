@@ -2,8 +2,8 @@
 
 For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 
-1. one transaction: record the message in the inbox (a duplicate stops
-   here), read the process (a stale attempt stops here), call the function with a
+1. one transaction: record the message in the inbox and read the process in
+   one statement (a duplicate or stale message stops here), call the function with a
    :class:`StepContext` whose session is this transaction, then
    :func:`engine.complete_process` writes the result, the next processes
    and their outbox rows: the function's own writes, the result and the next
@@ -113,10 +113,9 @@ def _run(
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
-            if not record_inbox(session, consumer, message_id):
-                return StepOutcome.SKIPPED
-            process = engine.claim_process(session, message.process_id, message.attempt)
-            if process is None:
+            if not engine.claim_step(
+                session, consumer, message_id, message.process_id, message.attempt
+            ):
                 return StepOutcome.SKIPPED
             context = StepContext(
                 job_id=message.job_id,
@@ -139,7 +138,7 @@ def _run(
                 with contextlib.suppress(GreenletExit):
                     marker.wait()
             engine.complete_process(
-                session, process, message.attempt, output, started_at=started_at
+                session, message.process_id, message.attempt, output, started_at=started_at
             )
         return StepOutcome.SUCCEEDED
     except StaleAttempt:

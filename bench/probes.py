@@ -8,9 +8,14 @@ of a linear run splits into hops::
     finished_at(prev) ─► queued event of this step arrives  (runner commits, relay
                                                             claims and publishes)
     queued event      ─► started_at                         (RabbitMQ delivers, nameko
-                                                            dispatches, runner txn 1 locks)
-    started_at        ─► finished_at                        (txn 1 commits, txn 2 runs
-                                                            the function and locks)
+                                                            dispatches, the runner opens
+                                                            its transaction and claims)
+    started_at        ─► finished_at                        (the function runs, the
+                                                            runner locks and completes)
+
+A fast step has no ``running`` event (the runner marks only steps still
+running after ``running_mark_seconds``), so ``started_at`` is the runner's
+clock when it called the function.
 
 The queued event of a step travels in the same outbox batch as its step
 message, just before it, so its arrival marks the publish of the message.
@@ -89,14 +94,15 @@ class EventTracer:
         out: dict[str, list[float]] = defaultdict(list)
         for prev, this in itertools.pairwise(rows):
             seen = self.arrivals.get(str(this[0]), {})
-            if "queued" not in seen or "running" not in seen:
+            if "queued" not in seen:
                 continue
             finished_prev = prev[2].timestamp()
             started, finished = this[1].timestamp(), this[2].timestamp()
             out["commit+relay"].append(seen["queued"] - finished_prev)
-            out["delivery+dispatch+txn1 locks"].append(started - seen["queued"])
+            out["delivery+dispatch+claim"].append(started - seen["queued"])
             out["in-step"].append(finished - started)
-            out["(running event after started_at)"].append(seen["running"] - started)
+            if "running" in seen:
+                out["(running event after started_at)"].append(seen["running"] - started)
         return out
 
 

@@ -23,12 +23,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, func, select, text, update
-from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
+from autostep.events import job_event, process_event
 from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
@@ -37,9 +37,7 @@ __all__ = [
     "claim_step",
     "complete_process",
     "fail_attempt",
-    "job_event",
     "mark_running",
-    "process_event",
     "start_job",
     "step_policy",
 ]
@@ -449,43 +447,3 @@ def _lock_process(session: Session, process_id: uuid.UUID) -> Process:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_event(job: Job) -> dict[str, Any]:
-    """The payload of ``job.updated``: the job as the grid shows it."""
-    return {
-        "id": str(job.id),
-        "workflow_id": str(job.workflow_id),
-        "version_id": str(job.version_id),
-        "status": str(job.status),
-        "trigger": job.trigger,
-        "output": job.output,
-        "error": job.error,
-        "version": job.version,
-        "finished_at": _iso(job.finished_at),
-    }
-
-
-def process_event(process: Process | Row[Any]) -> dict[str, Any]:
-    """The payload of ``process.updated``."""
-    finished = ProcessStatus(process.status).finished
-    return {
-        "id": str(process.id),
-        "job_id": str(process.job_id),
-        "parent_id": str(process.parent_id) if process.parent_id else None,
-        "kind": str(process.kind),
-        "step": process.step,
-        "function": process.function,
-        "item_index": process.item_index,
-        "status": str(process.status),
-        "attempt": process.attempt,
-        "error": process.error,
-        "output": process.output if finished else None,
-        "version": process.version,
-        "started_at": _iso(process.started_at),
-        "finished_at": _iso(process.finished_at),
-    }

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autostep.engine import job_event, process_event
+from autostep.events import job_event, process_event
 from autostep.exceptions import NotFoundError
 from autostep.models import Job, Process
 

@@ -18,6 +18,7 @@ from autostep import catalog, engine, queries
 from autostep.conditions import try_expression
 from autostep.db import unit_of_work
 from autostep.dependencies import Database
+from autostep.events import job_event
 from autostep.exceptions import AutostepError
 
 __all__ = ["ConditionsService", "WorkflowsService"]
@@ -61,7 +62,7 @@ class WorkflowsService:
             job = engine.start_job(
                 session, project, workflow, input or {}, trigger="rpc", version=version
             )
-            return engine.job_event(job)
+            return job_event(job)
 
     @expected
     def get_job(self, job_id: str) -> dict[str, Any]:

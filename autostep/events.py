@@ -1,0 +1,58 @@
+"""Payloads of the ``job.updated`` and ``process.updated`` events.
+
+The engine writes one of these to the outbox with every change of a job or a
+process; the read models (:mod:`autostep.queries`) show jobs in the same
+shape, so the grid can apply an event or a fresh read alike. ``version``
+counts the row's changes: a follower keeps the highest it has seen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from autostep.models import Job, Process, ProcessStatus
+
+__all__ = ["job_event", "process_event"]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_event(job: Job) -> dict[str, Any]:
+    """The payload of ``job.updated``: the job as the grid shows it."""
+    return {
+        "id": str(job.id),
+        "workflow_id": str(job.workflow_id),
+        "version_id": str(job.version_id),
+        "status": str(job.status),
+        "trigger": job.trigger,
+        "output": job.output,
+        "error": job.error,
+        "version": job.version,
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def process_event(process: Process | Row[Any]) -> dict[str, Any]:
+    """The payload of ``process.updated``."""
+    finished = ProcessStatus(process.status).finished
+    return {
+        "id": str(process.id),
+        "job_id": str(process.job_id),
+        "parent_id": str(process.parent_id) if process.parent_id else None,
+        "kind": str(process.kind),
+        "step": process.step,
+        "function": process.function,
+        "item_index": process.item_index,
+        "status": str(process.status),
+        "attempt": process.attempt,
+        "error": process.error,
+        "output": process.output if finished else None,
+        "version": process.version,
+        "started_at": _iso(process.started_at),
+        "finished_at": _iso(process.finished_at),
+    }

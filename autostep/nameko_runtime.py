@@ -9,6 +9,7 @@ filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import eventlet
@@ -32,7 +33,7 @@ def nameko_config() -> dict[str, Any]:
     }
 
 
-def run_services(services: list[type]) -> None:
+def run_services(services: list[type], on_started: Callable[[], None] | None = None) -> None:
     """Serve ``services`` until the process is told to stop."""
     make_psycopg_cooperative()
     config.update(nameko_config())
@@ -46,4 +47,6 @@ def run_services(services: list[type]) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     runner.start()
+    if on_started is not None:
+        on_started()
     runner.wait()

@@ -1,27 +1,21 @@
 """A one-method nameko service: the far end of ``bench/run.py``'s RPC baseline.
 
 ``python bench/echo_service.py AMQP_URI`` serves ``bench_echo.echo`` until
-SIGTERM or SIGINT, the way ``autostep functions run`` serves step functions
-(eventlet patched first, a :class:`~nameko.runners.ServiceRunner`).
+SIGTERM or SIGINT, exactly the way ``autostep functions run`` serves step
+functions (:func:`autostep.nameko_runtime.run_services`).
 """
 
 from __future__ import annotations
 
-import warnings
+from autostep.cooperative import patch_process
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # eventlet announces its deprecation on import
-    import eventlet
+patch_process()
 
-eventlet.monkey_patch()
-
-import signal  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
-from nameko import config  # noqa: E402
 from nameko.rpc import rpc  # noqa: E402
-from nameko.runners import ServiceRunner  # noqa: E402
 
 __all__ = ["EchoService"]
 
@@ -37,18 +31,10 @@ class EchoService:
 
 
 def main(amqp_uri: str) -> None:
-    config.update({"AMQP_URI": amqp_uri})
-    runner = ServiceRunner()
-    runner.add_service(EchoService)
+    os.environ["AUTOSTEP_AMQP_URI"] = amqp_uri
+    from autostep.nameko_runtime import run_services
 
-    def shutdown(signum: int, frame: Any) -> None:
-        eventlet.spawn_n(runner.stop)
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    runner.start()
-    print("ready", flush=True)
-    runner.wait()
+    run_services([EchoService], on_started=lambda: print("ready", flush=True))
 
 
 if __name__ == "__main__":

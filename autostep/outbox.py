@@ -82,6 +82,7 @@ class OutboxWriter:
         delayed = [row for row in self.rows if "available_at" in row]
         for rows in (immediate, delayed):
             if rows:
-                # one multi-row VALUES statement: one round trip, no pipeline
-                self.session.execute(insert(OUTBOX_TABLE).values(rows))
+                # RETURNING makes SQLAlchemy batch the rows into one cached
+                # multi-row INSERT ("insertmanyvalues"): one round trip
+                self.session.execute(insert(OUTBOX_TABLE).returning(OUTBOX_TABLE.c.seq), rows)
         self.rows.clear()

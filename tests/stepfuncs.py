@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -60,6 +61,18 @@ def flaky(inp: Flaky, ctx: StepContext) -> Loose:
         raise RetryableError(f"attempt {ctx.attempt} fails")
     _record(ctx, ctx.attempt)
     return Loose(attempts=ctx.attempt)
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+@function(name="t_sleepy", retries=1, backoff=0.05, timeout=0.2)
+def sleepy(inp: Nap, ctx: StepContext) -> Loose:
+    """Sleeps (cooperatively, under nameko) past its 0.2 s timeout if told to."""
+    _record(ctx, 1)
+    time.sleep(inp.seconds)
+    return Loose(slept=inp.seconds)
 
 
 @function(name="t_crash")

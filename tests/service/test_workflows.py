@@ -239,3 +239,21 @@ def test_a_slow_step_is_shown_running_while_it_runs(
     nap = final["processes"][0]
     assert nap["started_at"] < nap["finished_at"]
     assert nap["version"] == 3  # queued, running, succeeded
+
+
+def test_a_step_over_its_timeout_is_retried_then_fails_without_effects(
+    session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
+) -> None:
+    definition = {"name": "sleepy", "steps": [{"name": "nap", "function": "t_sleepy"}]}
+    _publish(session_factory, project, definition)
+    slow = _start(session_factory, project, "sleepy", {"seconds": 2.0})
+    quick = _start(session_factory, project, "sleepy", {"seconds": 0.01})
+
+    slow_view, quick_view = wait_for_job(slow), wait_for_job(quick)
+
+    assert slow_view["status"] == "failed"
+    assert slow_view["processes"][0]["attempt"] == 2  # t_sleepy allows one retry
+    assert "timed out after 0.2s" in slow_view["error"]
+    assert _effects(session_factory, slow) == []  # both attempts rolled back
+    assert quick_view["status"] == "succeeded"
+    assert _effects(session_factory, quick) == [("nap", 1)]

@@ -51,15 +51,19 @@ def run_dev(*, demo: bool = True) -> int:
         name: subprocess.Popen([sys.executable, "-m", "autostep.cli", *args])
         for name, args in PROCESSES.items()
     }
-    print("autostep: started", ", ".join(f"{n} (pid {p.pid})" for n, p in children.items()))
+    print(
+        "autostep: started",
+        ", ".join(f"{n} (pid {p.pid})" for n, p in children.items()),
+        flush=True,
+    )
     try:
         if demo:
             _run_demo()
-        print("autostep: platform running; Ctrl-C stops it")
+        print("autostep: platform running; Ctrl-C stops it", flush=True)
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
         failed = [name for name, child in children.items() if child.poll() is not None]
-        print(f"autostep: {', '.join(failed)} exited; stopping", file=sys.stderr)
+        print(f"autostep: {', '.join(failed)} exited; stopping", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -96,16 +100,18 @@ def _run_demo() -> None:
             create_project(session, "demo", "created by autostep dev")
         version = publish_workflow(session, "demo", definition)
         job = start_job(session, "demo", "demo", {"n": 12}, trigger="cli")
-    print(f"autostep: published demo version {version.number}; started job {job.id}")
+    print(f"autostep: published demo version {version.number}; started job {job.id}", flush=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with unit_of_work(factory) as session:
             view = job_view(session, job.id)
         if view["status"] != "running":
             steps = ", ".join(f"{p['step']}:{p['status']}" for p in view["processes"])
-            print(f"autostep: demo job {view['status']}: {steps}")
-            print(f"autostep: output {json.dumps(view['output'])}")
-            print(f"autostep: follow any run with: autostep run status {job.id} --follow")
+            print(f"autostep: demo job {view['status']}: {steps}", flush=True)
+            print(f"autostep: output {json.dumps(view['output'])}", flush=True)
+            print(
+                f"autostep: follow any run with: autostep run status {job.id} --follow", flush=True
+            )
             return
         time.sleep(0.2)
-    print("autostep: the demo job did not finish within 60 s", file=sys.stderr)
+    print("autostep: the demo job did not finish within 60 s", file=sys.stderr, flush=True)

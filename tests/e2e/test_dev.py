@@ -1,0 +1,55 @@
+"""``autostep dev`` (what ``./dev up`` runs): the whole platform and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.e2e.conftest import REPO_ROOT, autostep_command
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in found.stdout.split()]
+
+
+def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
+    platform_env: dict[str, str],
+) -> None:
+    dev = subprocess.Popen(
+        autostep_command("dev"),
+        cwd=REPO_ROOT,
+        env={**os.environ, **platform_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert dev.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(dev.stdout or ()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and not any("platform running" in x for x in lines):
+            time.sleep(0.2)
+        children = _children(dev.pid)
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(timeout=30)
+    output = "".join(lines)
+
+    assert "platform running" in output, output
+    assert "demo job succeeded" in output, output
+    for step in ("seed:succeeded", "fan_out:succeeded", "total:succeeded", "report:succeeded"):
+        assert step in output, output
+    assert '"values": [144, 233, 377]' in output  # fibo(12), fibo(13), fibo(14)
+    assert len(children) == 3  # relay, functions, gateway
+    time.sleep(0.5)
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")], "children left"

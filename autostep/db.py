@@ -15,7 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep.cooperative import make_psycopg_cooperative
 from autostep.settings import Settings, get_settings
 
-__all__ = ["make_engine", "make_session_factory", "unit_of_work"]
+__all__ = ["make_engine", "make_session_factory", "side_session_factory", "unit_of_work"]
+
+#: Checkout timeout of the side pool: a side task gives up rather than wait.
+SIDE_POOL_TIMEOUT = 1.0
 
 
 def make_engine(settings: Settings | None = None, *, url: str | None = None) -> Engine:
@@ -35,6 +38,27 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+_SIDE_FACTORIES: dict[str, sessionmaker[Session]] = {}
+
+
+def side_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions from a small pool of their own, beside ``engine``'s.
+
+    For short side tasks that a step waits for while it holds a connection
+    of the main pool (the runner's running mark): drawing from the main pool,
+    a full pool would leave every step waiting for a side task that waits for
+    a connection. A side pool cannot wait on the steps, and its checkout
+    gives up after :data:`SIDE_POOL_TIMEOUT`.
+    """
+    key = engine.url.render_as_string(hide_password=False)
+    if key not in _SIDE_FACTORIES:
+        side = create_engine(
+            engine.url, pool_size=2, max_overflow=8, pool_timeout=SIDE_POOL_TIMEOUT
+        )
+        _SIDE_FACTORIES[key] = make_session_factory(side)
+    return _SIDE_FACTORIES[key]
 
 
 @contextmanager

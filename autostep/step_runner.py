@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import engine
-from autostep.db import unit_of_work
+from autostep.db import side_session_factory, unit_of_work
 from autostep.exceptions import (
     InfrastructureError,
     NotFoundError,
@@ -127,7 +127,10 @@ def _run(
             )
             started_at = datetime.now(UTC)
             marker = eventlet.spawn_after(
-                get_settings().running_mark_seconds, _mark_running, factory, message
+                get_settings().running_mark_seconds,
+                _mark_running,
+                side_session_factory(session.get_bind().engine),
+                message,
             )
             try:
                 timeout = RetryableError(f"timed out after {policy.timeout}s")
@@ -164,7 +167,10 @@ def _run(
 
 
 def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
-    """Show a step that is taking a while as running (its own transaction)."""
+    """Show a step that is taking a while as running (its own transaction).
+
+    ``factory`` draws from the side pool (:func:`side_session_factory`).
+    """
     try:
         with unit_of_work(factory) as session:
             engine.mark_running(session, message.job_id, message.process_id, message.attempt)

@@ -81,10 +81,13 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
+        from autostep.db import _SIDE_FACTORIES
         from autostep.dependencies import _ENGINES
 
         for engine in _ENGINES.values():
             engine.dispose()
+        for factory in _SIDE_FACTORIES.values():
+            factory.kw["bind"].dispose()
         with psycopg.connect(libpq_dsn(server), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

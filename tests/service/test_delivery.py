@@ -8,10 +8,11 @@ from typing import Any
 
 import amqp
 import eventlet
-from sqlalchemy import func, select, text
+import pytest
+from sqlalchemy import create_engine, func, select, text
 
 from autostep.catalog import publish_workflow
-from autostep.db import unit_of_work
+from autostep.db import make_session_factory, unit_of_work
 from autostep.engine import start_job
 from autostep.models import Inbox, Outbox, Process
 from autostep.outbox import SHARDS
@@ -262,3 +263,38 @@ def test_the_relay_prunes_inbox_rows_past_retention(session_factory: Any) -> Non
     with unit_of_work(session_factory) as session:
         left = session.scalars(select(Inbox.message_id).where(Inbox.consumer == "prune")).all()
     assert left == [fresh]
+
+
+@pytest.mark.timeout(25)
+def test_running_marks_never_wait_on_a_full_pool(
+    session_factory: Any, project: str, database_url: str
+) -> None:
+    # Two slow steps share a one-connection pool: while the first holds the
+    # connection, its running mark must not need one from the same pool (it
+    # would wait for the step, which waits for its mark, until the pool's
+    # 30 s checkout timeout).
+    import functions.builtins  # noqa: F401  (registers delay)
+
+    with unit_of_work(session_factory) as session:
+        publish_workflow(
+            session, project, {"name": "nap", "steps": [{"name": "nap", "function": "delay"}]}
+        )
+        jobs = [start_job(session, project, "nap", {"seconds": 0.8}).id for _ in range(2)]
+    rows = [row for job in jobs for row in _step_rows(session_factory, job)]
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    tiny = make_session_factory(engine)
+    spec = REGISTRY["delay"]
+
+    try:
+        threads = [
+            eventlet.spawn(run_step, tiny, spec, row.payload, str(row.id), consumer="fn_delay")
+            for row in rows
+        ]
+        outcomes = [thread.wait() for thread in threads]
+    finally:
+        engine.dispose()
+
+    assert outcomes == [StepOutcome.SUCCEEDED, StepOutcome.SUCCEEDED]
+    with unit_of_work(session_factory) as session:
+        versions = session.scalars(select(Process.version).where(Process.job_id.in_(jobs))).all()
+    assert versions == [3, 3]  # queued, running (the mark), succeeded

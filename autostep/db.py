@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep.cooperative import make_psycopg_cooperative
 from autostep.settings import Settings, get_settings
 
-__all__ = ["make_engine", "make_session_factory", "side_session_factory", "unit_of_work"]
+__all__ = [
+    "dispose_engines",
+    "make_engine",
+    "make_session_factory",
+    "shared_engine",
+    "side_session_factory",
+    "unit_of_work",
+]
 
 #: Checkout timeout of the side pool: a side task gives up rather than wait.
 SIDE_POOL_TIMEOUT = 1.0
@@ -40,7 +47,23 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+_ENGINES: dict[str, Engine] = {}
 _SIDE_FACTORIES: dict[str, sessionmaker[Session]] = {}
+
+
+def shared_engine(url: str) -> Engine:
+    """The process's engine for ``url``, shared by all its services."""
+    if url not in _ENGINES:
+        _ENGINES[url] = make_engine(url=url)
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of :func:`shared_engine` and the side pools."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    for factory in _SIDE_FACTORIES.values():
+        factory.kw["bind"].dispose()
 
 
 def side_session_factory(engine: Engine) -> sessionmaker[Session]:

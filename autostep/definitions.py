@@ -72,6 +72,10 @@ class StepDefinition(BaseModel):
 
     _name = field_validator("name", "function")(_check_name)
 
+    def policy(self) -> dict[str, Any]:
+        """The retry settings this step sets over its function's defaults."""
+        return {"retries": self.retries, "backoff": self.backoff, "timeout": self.timeout}
+
 
 class WorkflowDefinition(BaseModel):
     """A whole workflow: its steps and where it starts."""

@@ -39,7 +39,6 @@ __all__ = [
     "fail_attempt",
     "mark_running",
     "start_job",
-    "step_policy",
 ]
 
 
@@ -373,27 +372,12 @@ def _step_message(process: Process, job: Job, version: CompiledVersion) -> dict[
         "function": process.function,
         "attempt": process.attempt,
         "input": process.input,
-        "policy": step_policy(version, process.step),
+        "policy": version.step(process.step).policy(),
     }
 
 
 #: Core table for the one-statement running mark (rows, not ORM objects).
 PROCESS_TABLE: Table = Process.__table__  # type: ignore[assignment]
-
-_VERSION_STEP_POLICY: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
-
-
-def step_policy(version: CompiledVersion, step_name: str) -> dict[str, Any]:
-    """A step's retry settings that override its function's defaults."""
-    key = (version.id, step_name)
-    if key not in _VERSION_STEP_POLICY:
-        step = version.step(step_name)
-        _VERSION_STEP_POLICY[key] = {
-            "retries": step.retries,
-            "backoff": step.backoff,
-            "timeout": step.timeout,
-        }
-    return _VERSION_STEP_POLICY[key]
 
 
 def _cancel_unfinished(session: Session, out: OutboxWriter, job: Job) -> None:

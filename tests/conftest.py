@@ -81,13 +81,9 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
-        from autostep.db import _SIDE_FACTORIES
-        from autostep.dependencies import _ENGINES
+        from autostep.db import dispose_engines
 
-        for engine in _ENGINES.values():
-            engine.dispose()
-        for factory in _SIDE_FACTORIES.values():
-            factory.kw["bind"].dispose()
+        dispose_engines()
         with psycopg.connect(libpq_dsn(server), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -135,7 +131,6 @@ def platform_env(database_url: str, amqp_uri: str) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def session_factory(platform_env: dict[str, str]) -> Any:
     """Sessions on the test database."""
-    from autostep.db import make_session_factory
-    from autostep.dependencies import shared_engine
+    from autostep.db import make_session_factory, shared_engine
 
     return make_session_factory(shared_engine(platform_env["AUTOSTEP_DATABASE_URL"]))

@@ -1,8 +1,14 @@
 """autostep: workflows of typed Python functions, run as nameko services.
 
-The public API for writing step functions::
+The public API for writing step functions and serving them::
 
-    from autostep import PermanentError, RetryableError, StepContext, function
+    from autostep import PermanentError, RetryableError, StepContext, function, services_for
+
+User code imports only these names. The platform's parts live in subpackages:
+the function runners in :mod:`autostep.functions`, the gateway in
+:mod:`autostep.gateway`, the scheduler in :mod:`autostep.scheduler` (their
+sources are the repository's top-level ``functions/``, ``gateway/`` and
+``scheduler/`` folders), the shared core in the other modules here.
 
 Names load lazily, so that ``autostep.cli`` can monkey-patch the process for
 eventlet before pydantic, SQLAlchemy or psycopg are imported.
@@ -15,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autostep.exceptions import PermanentError, RetryableError
+    from autostep.functions.service import services_for
     from autostep.sdk import StepContext, function
 
-__all__ = ["PermanentError", "RetryableError", "StepContext", "function"]
+__all__ = ["PermanentError", "RetryableError", "StepContext", "function", "services_for"]
 __version__ = "0.1.0"
 
 _HOMES = {
@@ -25,6 +32,7 @@ _HOMES = {
     "RetryableError": "autostep.exceptions",
     "StepContext": "autostep.sdk",
     "function": "autostep.sdk",
+    "services_for": "autostep.functions.service",
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     fn = sub.add_parser("functions", help="function runners").add_subparsers(metavar="ACTION")
     fn_run = fn.add_parser("run", help="serve the @functions of modules as nameko services")
-    fn_run.add_argument("modules", nargs="+", metavar="MODULE", help="e.g. functions.builtins")
+    fn_run.add_argument(
+        "modules", nargs="+", metavar="MODULE", help="e.g. autostep.functions.builtins"
+    )
     fn_run.set_defaults(handler=_functions_run)
 
     gw = sub.add_parser("gateway", help="the gateway").add_subparsers(metavar="ACTION")
@@ -121,39 +123,47 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _functions_run(args: argparse.Namespace) -> int:
-    from autostep.cooperative import patch_process
+    def services() -> list[type]:
+        from autostep.exceptions import NotFoundError
+        from autostep.functions.deadletters import DeadLetterService
+        from autostep.functions.service import services_for
 
-    patch_process()
-    import logging
+        sys.path.insert(0, ".")  # modules of the project in the working directory
+        found: list[type] = [DeadLetterService]
+        for module in args.modules:
+            try:
+                found.extend(services_for(module).values())
+            except (ImportError, NotFoundError) as exc:
+                raise SystemExit(f"autostep: error: MODULE {module!r}: {exc}") from exc
+        return found
 
-    from autostep.nameko_runtime import run_services
-    from functions.deadletters import DeadLetterService
-    from functions.service import services_for
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s functions %(message)s")
-    sys.path.insert(0, ".")
-    services: list[type] = [DeadLetterService]
-    for module in args.modules:
-        try:
-            services.extend(services_for(module).values())
-        except (ImportError, ValueError) as exc:
-            print(f"autostep: error: MODULE {module!r}: {exc}", file=sys.stderr)
-            return 2
-    run_services(services)
-    return 0
+    return _serve("functions", services)
 
 
 def _gateway_run(args: argparse.Namespace) -> int:
+    def services() -> list[type]:
+        from autostep.gateway.workflows import ConditionsService, WorkflowsService
+
+        return [WorkflowsService, ConditionsService]
+
+    return _serve("gateway", services)
+
+
+def _serve(label: str, services: Callable[[], list[type]]) -> int:
+    """Run the nameko services that ``services`` imports, in this process, until stopped.
+
+    eventlet patches the process first, before ``services`` imports anything
+    that opens sockets or starts threads.
+    """
     from autostep.cooperative import patch_process
 
     patch_process()
     import logging
 
     from autostep.nameko_runtime import run_services
-    from gateway.workflows import ConditionsService, WorkflowsService
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(message)s")
-    run_services([WorkflowsService, ConditionsService])
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(message)s")
+    run_services(services())
     return 0
 
 
@@ -202,7 +212,7 @@ def _load_definition(path: Path) -> dict[str, Any]:
 
 def _run_start(args: argparse.Namespace) -> int:
     from autostep.db import unit_of_work
-    from autostep.engine import start_job
+    from autostep.runs import start_job
 
     try:
         payload = json.loads(args.input)
@@ -240,23 +250,18 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _follow(factory: Any, job_id: str) -> int:
     """Redraw the job whenever it changes, until it finishes."""
-    from autostep.db import unit_of_work
-    from autostep.queries import job_view
+    from autostep.queries import follow_job
 
     last = None
     interactive = sys.stdout.isatty()
-    while True:
-        with unit_of_work(factory) as session:
-            view = job_view(session, job_id)
+    for view in follow_job(factory, job_id):
         frame = _render(view)
         if frame != last:
             if interactive and last is not None:
                 sys.stdout.write(f"\x1b[{last.count(chr(10)) + 1}F\x1b[J")
             print(frame, flush=True)
             last = frame
-        if view["status"] != "running":
-            return 0 if view["status"] == "succeeded" else 1
-        time.sleep(0.2)
+    return 0 if view["status"] == "succeeded" else 1
 
 
 _MARK = {

@@ -1,6 +1,7 @@
 """CEL expressions: transition conditions, input mappings and fan-out lists.
 
-This is the notes' ConditionService as a library: expressions are compiled
+The condition service as a library (conditions decide which step comes
+next, and users try them before saving): expressions are compiled
 when a workflow version is saved (a bad one is rejected there, naming the
 step or transition) and evaluated by the engine after each step. CEL is
 side-effect free and cannot reach the host, so no Python ``eval`` is ever

@@ -1,7 +1,10 @@
 """Engine and unit of work over SQLAlchemy 2 and psycopg 3.
 
 Every write autostep makes goes through :func:`unit_of_work`: business rows and
-the outbox rows announcing them commit together or not at all.
+the outbox rows announcing them commit together or not at all. Losing the
+database is translated here, in one place, into
+:class:`~autostep.exceptions.DatabaseUnavailable` (:func:`database_outages`),
+which the function runners answer by requeueing and the relay by reconnecting.
 """
 
 from __future__ import annotations
@@ -9,13 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 from sqlalchemy import Engine, create_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.cooperative import make_psycopg_cooperative
+from autostep.exceptions import DatabaseUnavailable
 from autostep.settings import Settings, get_settings
 
 __all__ = [
+    "DATABASE_OUTAGES",
+    "database_outages",
     "dispose_engines",
     "make_engine",
     "make_session_factory",
@@ -23,6 +31,14 @@ __all__ = [
     "side_session_factory",
     "unit_of_work",
 ]
+
+#: What losing PostgreSQL raises, through SQLAlchemy or from psycopg directly.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 #: Checkout timeout of the side pool: a side task gives up rather than wait.
 SIDE_POOL_TIMEOUT = 1.0
@@ -89,3 +105,12 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def database_outages() -> Iterator[None]:
+    """Raise :class:`DatabaseUnavailable` for any of :data:`DATABASE_OUTAGES` inside."""
+    try:
+        yield
+    except DATABASE_OUTAGES as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc

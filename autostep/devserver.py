@@ -3,8 +3,8 @@
 Creates the database if it is missing, migrates it, starts the relay, the
 built-in function runner and the gateway's RPC services as child processes,
 publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
-platform running until Ctrl-C. (The scheduler has no local mode yet: it
-comes with the cron-trigger issue.)
+platform running until Ctrl-C. (There is no scheduler yet, so cron
+triggers do not run locally.)
 """
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ from sqlalchemy.engine import make_url
 
 from autostep.catalog import create_project, publish_workflow
 from autostep.db import make_engine, make_session_factory, unit_of_work
-from autostep.engine import start_job
-from autostep.exceptions import ConflictError
+from autostep.exceptions import ConflictError, JobStillRunning
 from autostep.migrate import upgrade
-from autostep.queries import job_view
-from autostep.relay import libpq_dsn
-from autostep.settings import get_settings
+from autostep.queries import wait_for_job
+from autostep.runs import start_job
+from autostep.settings import get_settings, libpq_dsn
 
 __all__ = ["run_dev"]
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 PROCESSES = {
     "relay": ["relay"],
-    "functions": ["functions", "run", "functions.builtins"],
+    "functions": ["functions", "run", "autostep.functions.builtins"],
     "gateway": ["gateway", "run"],
 }
 
@@ -101,17 +100,12 @@ def _run_demo() -> None:
         version = publish_workflow(session, "demo", definition)
         job = start_job(session, "demo", "demo", {"n": 12}, trigger="cli")
     print(f"autostep: published demo version {version.number}; started job {job.id}", flush=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with unit_of_work(factory) as session:
-            view = job_view(session, job.id)
-        if view["status"] != "running":
-            steps = ", ".join(f"{p['step']}:{p['status']}" for p in view["processes"])
-            print(f"autostep: demo job {view['status']}: {steps}", flush=True)
-            print(f"autostep: output {json.dumps(view['output'])}", flush=True)
-            print(
-                f"autostep: follow any run with: autostep run status {job.id} --follow", flush=True
-            )
-            return
-        time.sleep(0.2)
-    print("autostep: the demo job did not finish within 60 s", file=sys.stderr, flush=True)
+    try:
+        view = wait_for_job(factory, job.id, timeout=60)
+    except JobStillRunning:
+        print("autostep: the demo job did not finish within 60 s", file=sys.stderr, flush=True)
+        return
+    steps = ", ".join(f"{p['step']}:{p['status']}" for p in view["processes"])
+    print(f"autostep: demo job {view['status']}: {steps}", flush=True)
+    print(f"autostep: output {json.dumps(view['output'])}", flush=True)
+    print(f"autostep: follow any run with: autostep run status {job.id} --follow", flush=True)

@@ -8,25 +8,36 @@
     │   └── PermanentError        fail the process now, no more attempts
     ├── DefinitionError           a workflow definition is invalid
     │   └── ConditionError        a CEL expression does not compile
-    ├── NotFoundError             a project, workflow, version or job is missing
+    ├── NotFoundError             a project, workflow, version, job or module is missing
     ├── ConflictError             the thing exists already / wrong state
     │   └── StaleAttempt          a step message was overtaken by another attempt
+    ├── PoisonMessage             a message no consumer can process: dead-lettered
+    ├── JobStillRunning           a wait for a job to finish ran out of time
     └── InfrastructureError       the database or broker misbehaved
+        ├── DatabaseUnavailable   PostgreSQL cannot be reached or dropped the connection
+        └── BrokerUnavailable     RabbitMQ cannot be reached or stopped confirming
 
-Boundaries (the gateway, the CLI, nameko entrypoints) translate these into HTTP
-statuses, exit codes and RPC errors; inside the engine they travel as they are.
+Third-party errors are translated where they arise, with ``raise … from exc``:
+database outages by :func:`autostep.db.database_outages`, broker outages in
+the relay and the function runners. Boundaries (the gateway, the CLI, nameko
+entrypoints) translate these into HTTP statuses, exit codes and RPC errors;
+inside the engine they travel as they are.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AutostepError",
+    "BrokerUnavailable",
     "ConditionError",
     "ConflictError",
+    "DatabaseUnavailable",
     "DefinitionError",
     "InfrastructureError",
+    "JobStillRunning",
     "NotFoundError",
     "PermanentError",
+    "PoisonMessage",
     "RetryableError",
     "StaleAttempt",
     "StepError",
@@ -71,7 +82,7 @@ class ConditionError(DefinitionError):
 
 
 class NotFoundError(AutostepError):
-    """A project, workflow, version, job or process does not exist."""
+    """A project, workflow, version, job, process or function module does not exist."""
 
 
 class ConflictError(AutostepError):
@@ -84,3 +95,19 @@ class StaleAttempt(ConflictError):
 
 class InfrastructureError(AutostepError):
     """PostgreSQL or RabbitMQ failed in a way the caller cannot fix."""
+
+
+class PoisonMessage(AutostepError):
+    """A message that no consumer can process: it goes to the dead-letter queue."""
+
+
+class JobStillRunning(AutostepError):
+    """A job did not finish within the time someone was willing to wait for it."""
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """PostgreSQL could not be reached, or the connection broke mid-transaction."""
+
+
+class BrokerUnavailable(InfrastructureError):
+    """RabbitMQ could not be reached, or stopped confirming what was published."""

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
+from autostep.messages import StepMessage
 from autostep.models import Outbox
 from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE
 
@@ -41,17 +42,17 @@ class OutboxWriter:
         self.job_id = job_id
         self.rows: list[dict[str, Any]] = []
 
-    def step(self, function: str, payload: dict[str, Any], *, delay: float = 0.0) -> uuid.UUID:
-        """A message that runs ``function``; ``delay`` seconds later if given."""
+    def step(self, message: StepMessage, *, delay: float = 0.0) -> uuid.UUID:
+        """A message that runs a step's function; ``delay`` seconds later if given."""
         available_at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
         return self._add(
             aggregate_type="process",
-            aggregate_id=payload["process_id"],
+            aggregate_id=message.process_id,
             type="step",
             exchange=STEPS_EXCHANGE,
-            routing_key=function,
+            routing_key=message.function,
             mandatory=True,
-            payload=payload,
+            payload=message.payload(),
             available_at=available_at,
         )
 

@@ -1,31 +1,82 @@
-"""Read models of runs: jobs with their processes, as plain JSON-ready dicts.
+"""Read models: workflows with their steps, jobs with their processes, as JSON-ready dicts.
 
 Shared by the gateway's RPC and REST entrypoints and the CLI, so that every
 client sees a job the same way (the shape of the ``*.updated`` events).
+:func:`follow_job` and :func:`wait_for_job` poll a job until it finishes, for
+the CLI's ``--follow``, ``autostep dev``, the tests and the benchmarks; the
+live grid follows the ``autostep.events`` exchange instead.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from autostep.catalog import get_workflow
 from autostep.events import job_event, process_event
-from autostep.exceptions import NotFoundError
-from autostep.models import Job, Process
+from autostep.exceptions import JobStillRunning, NotFoundError
+from autostep.models import Job, JobStatus, Process, WorkflowVersion
 
-__all__ = ["job_view", "list_jobs"]
+__all__ = ["follow_job", "job_view", "list_jobs", "wait_for_job", "workflow_view"]
+
+
+def workflow_view(
+    session: Session, project: str | uuid.UUID, workflow: str, version: int | None = None
+) -> dict[str, Any]:
+    """A workflow, its version numbers, and one version's steps (the newest by default).
+
+    The steps and their transitions are read from their own rows, in the
+    order they were defined, as a form or a graph shows them.
+    """
+    found = get_workflow(session, project, workflow)
+    numbers = [v.number for v in found.versions]
+    if not numbers:
+        raise NotFoundError(f"workflow {workflow!r} has no version")
+    number = max(numbers) if version is None else version
+    row = session.scalar(
+        select(WorkflowVersion).where(
+            WorkflowVersion.workflow_id == found.id, WorkflowVersion.number == number
+        )
+    )
+    if row is None:
+        raise NotFoundError(f"workflow {workflow!r} has no version {version}")
+    transitions: dict[str, list[dict[str, Any]]] = {}
+    for transition in row.transitions:
+        transitions.setdefault(transition.source, []).append(
+            {"to": transition.target, "when": transition.condition}
+        )
+    steps = [
+        {
+            "name": step.name,
+            "function": step.function,
+            "start": step.is_start,
+            "config": step.config,
+            "input": step.input,
+            "for_each": step.for_each,
+            "retries": step.retries,
+            "backoff": step.backoff,
+            "timeout": step.timeout,
+            "next": transitions.get(step.name, []),
+        }
+        for step in row.steps
+    ]
+    return {
+        "id": str(found.id),
+        "name": found.name,
+        "description": found.description,
+        "versions": sorted(numbers),
+        "version": {"id": str(row.id), "number": row.number, "steps": steps},
+    }
 
 
 def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
     """The job ``job_id`` with its input, timings and processes in creation order."""
-    try:
-        key = uuid.UUID(str(job_id))
-    except ValueError as exc:
-        raise NotFoundError(f"no job {job_id!r}: not a job id") from exc
-    job = session.get(Job, key)
+    job = session.get(Job, _job_key(job_id))
     if job is None:
         raise NotFoundError(f"no job {job_id}")
     processes = session.scalars(
@@ -52,3 +103,68 @@ def list_jobs(
         {**job_event(job), "created_at": job.created_at.isoformat()}
         for job in session.scalars(query)
     ]
+
+
+def follow_job(
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID | str,
+    *,
+    interval: float = 0.2,
+    timeout: float | None = None,
+    changes: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Yield the job's view now and after each change, until it has finished.
+
+    Each poll reads one small row (the job's status and, to see changes, a
+    sum of row versions that grows with every change); the whole view is read
+    only when that changed. With ``changes`` False only the status is polled
+    and only the finished view is yielded.
+    Raises :class:`JobStillRunning` after ``timeout`` seconds.
+    """
+    key = _job_key(job_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    changed = Job.version + (
+        select(func.coalesce(func.sum(Process.version), 0))
+        .where(Process.job_id == Job.id)
+        .scalar_subquery()
+    )
+    stamp = select(Job.status, changed) if changes else select(Job.status)
+    stamp = stamp.where(Job.id == key)
+    seen = None
+    # One autocommit connection for the polls: each sees what has committed,
+    # at the cost of a round trip and no transaction.
+    polls = factory.kw["bind"].connect().execution_options(isolation_level="AUTOCOMMIT")
+    with polls:
+        while True:
+            now = polls.execute(stamp).first()
+            if now is None:
+                raise NotFoundError(f"no job {job_id}")
+            finished = JobStatus(now[0]).finished
+            if (changes and tuple(now) != seen) or finished:
+                with factory() as session:
+                    yield job_view(session, key)
+            seen = tuple(now)
+            if finished:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobStillRunning(f"job {job_id} still running after {timeout}s")
+            time.sleep(interval)
+
+
+def wait_for_job(
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID | str,
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """The job's view once it has finished; :class:`JobStillRunning` after ``timeout`` s."""
+    *_, final = follow_job(factory, job_id, interval=interval, timeout=timeout, changes=False)
+    return final
+
+
+def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError as exc:
+        raise NotFoundError(f"no job {job_id!r}: not a job id") from exc

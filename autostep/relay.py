@@ -1,4 +1,8 @@
-"""The relay (the notes' "outbox agent"): drains the outbox into RabbitMQ.
+"""The relay (the outbox agent): drains the outbox into RabbitMQ.
+
+Rows reach the outbox through :class:`autostep.outbox.OutboxWriter`, in the
+transaction of the change they announce; the relay publishes them after
+that commit, to the exchanges of :mod:`autostep.topology`.
 
 One loop per relay process:
 
@@ -22,9 +26,9 @@ One loop per relay process:
    insert), the next delayed row, or the polling fallback.
 
 The owner of shard 0 also prunes inbox rows older than
-``inbox_retention_days``. Publishing twice is possible (a crash between
-publish and delete); consumers are idempotent through the inbox, so the
-effect happens once.
+``inbox_retention_days`` (:func:`autostep.inbox.prune`). Publishing twice is
+possible (a crash between publish and delete); consumers are idempotent
+through the inbox, so the effect happens once.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ import amqp
 import psycopg
 from psycopg.rows import dict_row
 
+from autostep import inbox
+from autostep.exceptions import BrokerUnavailable, DatabaseUnavailable, InfrastructureError
 from autostep.outbox import SHARDS
-from autostep.settings import Settings, get_settings
+from autostep.settings import Settings, amqp_params, get_settings, libpq_dsn
 from autostep.topology import declare_base, declare_step_queue
 
-__all__ = ["Relay", "libpq_dsn"]
+__all__ = ["MEMBER_LOCK", "Relay"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,6 @@ NEXT_DUE = """
 SELECT extract(epoch FROM min(available_at) - now()) FROM outbox
 WHERE shard = ANY(%(shards)s) AND lease_token IS NULL
 """
-#: Inbox rows older than this cannot meet a redelivery any more.
-PRUNE_INBOX = "DELETE FROM inbox WHERE received_at < now() - make_interval(days => %(days)s)"
 PRUNE_EVERY_SECONDS = 300.0
 
 MEMBERS = """
@@ -86,11 +90,6 @@ SELECT count(*) FROM pg_locks
 WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
-
-
-def libpq_dsn(url: str) -> str:
-    """A libpq connection string from a SQLAlchemy URL."""
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @dataclass
@@ -131,7 +130,7 @@ class Relay:
         # for the WAL flush on the relay's own commits.
         db.execute("SET synchronous_commit = off")
         self._db = db
-        conn = amqp.Connection(**_amqp_params(self.settings.amqp_uri))
+        conn = amqp.Connection(**amqp_params(self.settings.amqp_uri))
         conn.connect()
         channel = conn.channel()
         channel.confirm_select()
@@ -166,7 +165,7 @@ class Relay:
                 self.connect()
                 delay = 0.5
                 self._loop()
-            except (psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
+            except (InfrastructureError, psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
                 log.warning("relay lost a connection (%s); retrying in %.1fs", exc, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 15.0)
@@ -209,8 +208,7 @@ class Relay:
 
     def prune_inbox(self) -> int:
         """Delete inbox rows past retention (done by the owner of shard 0)."""
-        days = self.settings.inbox_retention_days
-        deleted = self._require_db().execute(PRUNE_INBOX, {"days": days}).rowcount
+        deleted = inbox.prune(self._require_db(), self.settings.inbox_retention_days)
         self._pruned_at = time.monotonic()
         return deleted
 
@@ -276,7 +274,7 @@ class Relay:
         while batch.outstanding:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise OSError("publisher confirms timed out")
+                raise BrokerUnavailable("publisher confirms timed out")
             conn.drain_events(timeout=remaining)
         return batch
 
@@ -331,20 +329,5 @@ class Relay:
 
     def _require_db(self) -> psycopg.Connection[Any]:
         if self._db is None:
-            raise OSError("relay is not connected")
+            raise DatabaseUnavailable("relay is not connected")
         return self._db
-
-
-def _amqp_params(uri: str) -> dict[str, Any]:
-    """py-amqp connection arguments from an ``amqp://user:pass@host:port/vhost`` URI."""
-    from urllib.parse import unquote, urlparse
-
-    parts = urlparse(uri)
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return {
-        "host": f"{parts.hostname or 'localhost'}:{parts.port or 5672}",
-        "userid": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
-        "virtual_host": vhost,
-        "heartbeat": 0,
-    }

@@ -3,17 +3,21 @@
 Every process (function runners, relay, gateway, scheduler, CLI) reads the same
 ``AUTOSTEP_*`` variables, so one ConfigMap in the chart configures them all.
 ``DATABASE_URL`` and ``AMQP_URI`` are also accepted unprefixed, as most
-platforms inject them that way.
+platforms inject them that way. :func:`libpq_dsn` and :func:`amqp_params`
+turn those URLs into what psycopg and py-amqp take, for every process that
+connects without SQLAlchemy or kombu (the relay, benchmarks, tests).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "amqp_params", "get_settings", "libpq_dsn"]
 
 
 class Settings(BaseSettings):
@@ -55,3 +59,25 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (read once)."""
     return Settings()
+
+
+def libpq_dsn(url: str) -> str:
+    """A libpq connection string (for psycopg) from a SQLAlchemy URL."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def amqp_params(uri: str) -> dict[str, Any]:
+    """py-amqp ``Connection`` arguments from an ``amqp://user:pass@host:port/vhost`` URI.
+
+    Heartbeats are off: callers that sit idle on a connection must check it
+    before they use it.
+    """
+    parts = urlparse(uri)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return {
+        "host": f"{parts.hostname or 'localhost'}:{parts.port or 5672}",
+        "userid": unquote(parts.username or "guest"),
+        "password": unquote(parts.password or "guest"),
+        "virtual_host": vhost,
+        "heartbeat": 0,
+    }

@@ -8,14 +8,14 @@
   for whoever follows runs (the grid, metrics, the scheduler).
 
 The relay declares a step queue before it first publishes to it, so a step
-message waits in its queue until a runner for the function starts.
+message waits in its queue until a runner for the function starts; the
+function runners declare the same queues, with the same arguments, through
+kombu (:mod:`autostep.functions.entrypoint`).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from kombu.entity import Exchange, Queue
 
 from autostep.settings import get_settings
 
@@ -24,10 +24,8 @@ __all__ = [
     "DEAD_QUEUE",
     "EVENTS_EXCHANGE",
     "STEPS_EXCHANGE",
-    "dead_queue",
     "declare_base",
     "declare_step_queue",
-    "step_queue",
     "step_queue_arguments",
     "step_queue_name",
 ]
@@ -48,27 +46,6 @@ def step_queue_arguments() -> dict[str, Any]:
         "x-delivery-limit": get_settings().delivery_limit,
         "x-dead-letter-exchange": DEAD_EXCHANGE,
     }
-
-
-def step_queue(function: str) -> Queue:
-    """The kombu queue a runner consumes ``function``'s step messages from."""
-    return Queue(
-        step_queue_name(function),
-        exchange=Exchange(STEPS_EXCHANGE, type="direct", durable=True),
-        routing_key=function,
-        durable=True,
-        queue_arguments=step_queue_arguments(),
-    )
-
-
-def dead_queue() -> Queue:
-    """The kombu queue of dead-lettered messages."""
-    return Queue(
-        DEAD_QUEUE,
-        exchange=Exchange(DEAD_EXCHANGE, type="fanout", durable=True),
-        routing_key="",
-        durable=True,
-    )
 
 
 def declare_base(channel: Any) -> None:

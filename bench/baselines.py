@@ -59,9 +59,9 @@ def postgres_commits(plat: Platform, seconds: float, clients: int) -> dict[str, 
 
 def confirmed_publishes(plat: Platform, count: int, queue_type: str) -> dict[str, float]:
     """Sequential persistent publishes to a durable queue, each awaiting its confirm."""
-    from autostep.relay import _amqp_params
+    from autostep.settings import amqp_params
 
-    conn = amqp.Connection(**_amqp_params(plat.amqp_uri))
+    conn = amqp.Connection(**amqp_params(plat.amqp_uri))
     conn.connect()
     try:
         channel = conn.channel()

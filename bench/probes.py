@@ -48,12 +48,12 @@ class EventTracer:
     """Arrival times of ``process.updated`` events: ``{process id: {status: epoch}}``."""
 
     def __init__(self, plat: Platform) -> None:
-        from autostep.relay import _amqp_params
+        from autostep.settings import amqp_params
         from autostep.topology import EVENTS_EXCHANGE
 
         self.arrivals: dict[str, dict[str, float]] = defaultdict(dict)
         self._stop = threading.Event()
-        self._conn = amqp.Connection(**_amqp_params(plat.amqp_uri))
+        self._conn = amqp.Connection(**amqp_params(plat.amqp_uri))
         self._conn.connect()
         channel = self._conn.channel()
         channel.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True, auto_delete=False)
@@ -121,7 +121,7 @@ class Sampler:
     )
 
     def __init__(self, plat: Platform, queue: str, interval: float = 0.05) -> None:
-        from autostep.relay import _amqp_params
+        from autostep.settings import amqp_params
 
         self.queue = queue
         self.interval = interval
@@ -131,7 +131,7 @@ class Sampler:
         #: Active database sessions by wait event ("CPU": none), summed over samples.
         self.waits: dict[str, int] = {}
         self._db = psycopg.connect(libpq(plat.database_url), autocommit=True)
-        self._amqp = amqp.Connection(**_amqp_params(plat.amqp_uri))
+        self._amqp = amqp.Connection(**amqp_params(plat.amqp_uri))
         self._amqp.connect()
         self._channel = self._amqp.channel()
         self._stop = threading.Event()

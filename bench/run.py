@@ -6,7 +6,7 @@ Run from the repository root (see ``bench/README.md``)::
 
 It creates a database and a RabbitMQ vhost ``autostep_bench_<random>``,
 measures baselines (PostgreSQL commits, confirmed publishes, a nameko RPC),
-starts one ``autostep functions run functions.builtins`` and one
+starts one ``autostep functions run autostep.functions.builtins`` and one
 ``autostep relay`` process against them as a user would, and measures
 
 A. latency: a 40-step linear workflow of ``fibo(n=10)``, runs one after
@@ -54,7 +54,7 @@ from bench.workload import (  # noqa: E402
     throughput,
 )
 
-RUNNER_ARGS = ("functions", "run", "functions.builtins")
+RUNNER_ARGS = ("functions", "run", "autostep.functions.builtins")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 The bench process is a client as the gateway or the CLI is: it publishes
 workflows and starts jobs through :mod:`autostep.catalog` and
-:mod:`autostep.engine` in its own transactions, and watches the job rows
+:mod:`autostep.runs` in its own transactions, and watches the job rows
 with a dedicated autocommit connection. The work itself happens in the
 runner and relay processes.
 """
@@ -71,26 +71,23 @@ class Client:
     def start(self, workflow: str, count: int = 1) -> list[str]:
         """Start ``count`` runs of ``workflow`` in one transaction."""
         from autostep.db import unit_of_work
-        from autostep.engine import start_job
+        from autostep.runs import start_job
 
         with unit_of_work(self.factory) as session:
             jobs = [start_job(session, self.project, workflow, {}) for _ in range(count)]
             return [str(job.id) for job in jobs]
 
     def wait_one(self, job_id: str, timeout: float, interval: float = 0.002) -> str:
-        """Poll the job row every ``interval`` s until it is finished; its status."""
-        deadline = time.perf_counter() + timeout
-        polls = 0
-        while True:
-            found = self.poll.execute("SELECT status FROM job WHERE id = %s", (job_id,)).fetchone()
-            if found is not None and found[0] != "running":
-                return str(found[0])
-            polls += 1
-            if polls % 500 == 0:
-                self.plat.check_alive()
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"job {job_id} still running after {timeout}s\n{self.state()}")
-            time.sleep(interval)
+        """Poll the job every ``interval`` s until it is finished; its status."""
+        from autostep.exceptions import JobStillRunning
+        from autostep.queries import wait_for_job
+
+        try:
+            view = wait_for_job(self.factory, job_id, timeout=timeout, interval=interval)
+        except JobStillRunning as exc:
+            self.plat.check_alive()
+            raise RuntimeError(f"{exc}\n{self.state()}") from exc
+        return str(view["status"])
 
     def wait_all(self, job_ids: list[str], timeout: float) -> None:
         deadline = time.perf_counter() + timeout

@@ -1,10 +1,10 @@
 """The step functions every installation has: HTTP, CEL, log, delay and benchmarks.
 
 They sit where user functions sit: the engine publishes a step message, the
-``fn_<name>`` service built below by :func:`functions.service.services_for`
+``fn_<name>`` service built below by :func:`autostep.functions.service.services_for`
 runs the function inside the step's transaction, and its output feeds the
-next steps' conditions and mappings. ``nameko run functions.builtins`` (or
-``autostep functions run functions.builtins``) serves all of them.
+next steps' conditions and mappings. ``nameko run autostep.functions.builtins`` (or
+``autostep functions run autostep.functions.builtins``) serves all of them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from autostep.conditions import evaluate
 from autostep.exceptions import ConditionError, PermanentError, RetryableError
+from autostep.functions.service import services_for
 from autostep.sdk import function
-from functions.service import services_for
 
 __all__ = ["delay", "fibo", "http_request", "log", "noop", "transform"]
 

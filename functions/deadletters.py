@@ -5,7 +5,8 @@ not finish it ``delivery_limit`` times (it crashed or lost its database each
 time) or rejected it as unreadable. Without this service the process would
 stay queued and its job running forever. For a step message of a known,
 unfinished process it fails the attempt for good, with the death's reason,
-which fails the job (the inbox makes a redelivery a no-op). Anything else
+through the runner's own failure path (:func:`record_failure`), which fails
+the job (the inbox makes a redelivery a no-op). Anything else
 cannot be tied to a run: it is logged in full at ERROR level and acknowledged.
 Every function runner process runs one of these.
 """
@@ -14,18 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.db import unit_of_work
 from autostep.dependencies import Database
-from autostep.engine import fail_attempt
-from autostep.exceptions import NotFoundError
-from autostep.step_runner import StepMessage, record_inbox
-from functions.entrypoint import dead_letter_consumer
+from autostep.exceptions import NotFoundError, PoisonMessage
+from autostep.functions.entrypoint import dead_letter_consumer
+from autostep.functions.runner import record_failure
+from autostep.messages import parse_step_message
 
 __all__ = ["DeadLetterService", "death_reason", "handle_dead_letter"]
 
@@ -39,25 +37,15 @@ def handle_dead_letter(
 ) -> bool:
     """Fail the process ``body`` was for; False if the message fits no process."""
     try:
-        message = StepMessage.model_validate(body)
-        msg_id = uuid.UUID(str(message_id))
-    except (ValidationError, ValueError):
+        message, msg_id = parse_step_message(body, message_id)
+    except PoisonMessage:
         log.error("dead letter that is no step message (%s): %s", reason, json.dumps(body))
         return False
-    with unit_of_work(factory) as session:
-        if not record_inbox(session, CONSUMER, msg_id):
-            return True
-        try:
-            fail_attempt(
-                session,
-                message.process_id,
-                message.attempt,
-                f"dead-lettered: {reason}",
-                retry_in=None,
-            )
-        except NotFoundError:
-            log.error("dead letter for an unknown process (%s): %s", reason, json.dumps(body))
-            return False
+    try:
+        record_failure(factory, CONSUMER, message, msg_id, f"dead-lettered: {reason}", None)
+    except NotFoundError:
+        log.error("dead letter for an unknown process (%s): %s", reason, json.dumps(body))
+        return False
     return True
 
 

@@ -15,15 +15,21 @@ from functools import partial
 from typing import Any
 
 import eventlet
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import Consumer
 
+from autostep.exceptions import PoisonMessage
 from autostep.settings import get_settings
-from autostep.step_runner import PoisonMessage
-from autostep.topology import dead_queue, step_queue
+from autostep.topology import (
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    STEPS_EXCHANGE,
+    step_queue_arguments,
+    step_queue_name,
+)
 
-__all__ = ["StepConsumer", "dead_letter_consumer", "step_consumer"]
+__all__ = ["StepConsumer", "dead_letter_consumer", "dead_queue", "step_consumer", "step_queue"]
 
 #: Pause before a message whose handling hit an outage goes back to the queue.
 REQUEUE_PAUSE_SECONDS = 1.0
@@ -69,3 +75,24 @@ def step_consumer(function: str) -> Any:
 def dead_letter_consumer() -> Any:
     """Decorate a worker method to receive the dead-lettered messages."""
     return StepConsumer.decorator(dead_queue())
+
+
+def step_queue(function: str) -> Queue:
+    """The kombu queue a runner consumes ``function``'s step messages from."""
+    return Queue(
+        step_queue_name(function),
+        exchange=Exchange(STEPS_EXCHANGE, type="direct", durable=True),
+        routing_key=function,
+        durable=True,
+        queue_arguments=step_queue_arguments(),
+    )
+
+
+def dead_queue() -> Queue:
+    """The kombu queue of dead-lettered messages."""
+    return Queue(
+        DEAD_QUEUE,
+        exchange=Exchange(DEAD_EXCHANGE, type="fanout", durable=True),
+        routing_key="",
+        durable=True,
+    )

@@ -3,8 +3,7 @@
 ::
 
     # mymodule.py
-    from autostep import function
-    from functions.service import services_for
+    from autostep import function, services_for
 
     @function(name="double")
     def double(inp: In) -> Out: ...
@@ -13,7 +12,7 @@
 
 Each service is named ``fn_<function>``, has the :class:`Database`
 dependency and one :class:`StepConsumer` entrypoint that delegates to
-:func:`autostep.step_runner.run_step`.
+:func:`autostep.functions.runner.run_step`.
 """
 
 from __future__ import annotations
@@ -23,9 +22,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.dependencies import Database
+from autostep.exceptions import NotFoundError
+from autostep.functions.entrypoint import step_consumer
+from autostep.functions.runner import run_step
 from autostep.sdk import REGISTRY, FunctionSpec
-from autostep.step_runner import run_step
-from functions.entrypoint import step_consumer
 
 __all__ = ["service_for", "services_for"]
 
@@ -49,11 +49,14 @@ def service_for(spec: FunctionSpec) -> type:
 
 
 def services_for(module: str) -> dict[str, type]:
-    """Service classes for the functions defined in ``module``, by class name."""
+    """Service classes for the functions defined in ``module``, by class name.
+
+    Imports ``module`` first; :class:`NotFoundError` if it defines no ``@function``.
+    """
     __import__(module)
     specs = [spec for spec in REGISTRY.values() if spec.func.__module__ == module]
     if not specs:
-        raise ValueError(f"module {module!r} defines no @function")
+        raise NotFoundError(f"module {module!r} defines no @function")
     services = [service_for(spec) for spec in specs]
     return {service.__name__: service for service in services}
 

@@ -1,2 +1,5 @@
-"""The gateway: how clients reach autostep (nameko RPC now; REST and the
-websocket grid build on the same service functions)."""
+"""The gateway (``autostep.gateway``): how clients reach autostep.
+
+Today the ``workflows`` and ``conditions`` nameko RPC services; REST and the
+websocket grid will call the same core functions.
+"""

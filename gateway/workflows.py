@@ -2,7 +2,7 @@
 
 What ``nameko shell`` (and later the REST gateway) uses to manage projects and
 workflows, start runs and read them. Thin: each entrypoint opens a unit of
-work and delegates to :mod:`autostep.catalog`, :mod:`autostep.engine` or
+work and delegates to :mod:`autostep.catalog`, :mod:`autostep.runs` or
 :mod:`autostep.queries`; errors travel as autostep exceptions, which nameko
 hands to the caller as ``RemoteError`` with the exception's type name.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from nameko.rpc import rpc
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import catalog, engine, queries
+from autostep import catalog, queries, runs
 from autostep.conditions import try_expression
 from autostep.db import unit_of_work
 from autostep.dependencies import Database
@@ -59,10 +59,18 @@ class WorkflowsService:
     ) -> dict[str, Any]:
         """Start a run; returns the job (it runs on after this returns)."""
         with unit_of_work(self.db) as session:
-            job = engine.start_job(
+            job = runs.start_job(
                 session, project, workflow, input or {}, trigger="rpc", version=version
             )
             return job_event(job)
+
+    @expected
+    def get_workflow(
+        self, project: str, workflow: str, version: int | None = None
+    ) -> dict[str, Any]:
+        """The workflow, its versions, and one version's steps (the newest by default)."""
+        with unit_of_work(self.db) as session:
+            return queries.workflow_view(session, project, workflow, version)
 
     @expected
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -76,7 +84,7 @@ class WorkflowsService:
 
 
 class ConditionsService:
-    """The notes' ConditionService: try CEL expressions before saving them."""
+    """Conditions: try CEL expressions before saving them."""
 
     name = "conditions"
 

@@ -66,7 +66,7 @@ def server_urls() -> Iterator[tuple[str, str]]:
 def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     from autostep.migrate import upgrade
-    from autostep.relay import libpq_dsn
+    from autostep.settings import libpq_dsn
 
     server = server_urls[0]
     name = f"autostep_test_{uuid.uuid4().hex[:12]}"
@@ -134,3 +134,15 @@ def session_factory(platform_env: dict[str, str]) -> Any:
     from autostep.db import make_session_factory, shared_engine
 
     return make_session_factory(shared_engine(platform_env["AUTOSTEP_DATABASE_URL"]))
+
+
+@pytest.fixture(scope="session")
+def effect_table(session_factory: Any) -> None:
+    """The table the test step functions record their effects in (``tests.stepfuncs``)."""
+    from sqlalchemy import text
+
+    from autostep.db import unit_of_work
+    from tests.stepfuncs import EFFECT_TABLE
+
+    with unit_of_work(session_factory) as session:
+        session.execute(text(EFFECT_TABLE))

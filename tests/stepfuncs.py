@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from autostep import PermanentError, RetryableError, StepContext, function
-from functions.service import services_for
+from autostep.functions.service import services_for
 
 EFFECT_TABLE = """
 CREATE TABLE IF NOT EXISTS test_effect (

@@ -3,10 +3,11 @@
 Every process is the ``autostep`` console script (``autostep relay``,
 ``autostep functions run ...``) in a subprocess, with this session's
 ``AUTOSTEP_DATABASE_URL`` and ``AUTOSTEP_AMQP_URI`` and the repository root
-as working directory, so ``tests.stepfuncs`` imports. :class:`ManagedProcess`
-starts, SIGKILLs, SIGTERMs and restarts one of them; its output goes to a
-file in ``tmp_path`` whose tail is printed when the test fails. Every process
-a test started is stopped at teardown.
+as working directory, so ``tests.stepfuncs`` imports (or a user project's
+directory, with its own modules). :class:`ManagedProcess` starts, SIGKILLs,
+SIGTERMs and restarts one of them; its output goes to a file in ``tmp_path``
+whose tail is printed when the test fails. Every process a test started is
+stopped at teardown.
 
 Override points: ``relay_settings`` and ``runner_settings`` (extra
 environment variables for those processes).
@@ -26,17 +27,15 @@ from typing import Any, TextIO
 
 import psycopg
 import pytest
-from sqlalchemy import text
 
-from autostep.db import unit_of_work
-from autostep.relay import MEMBER_LOCK, libpq_dsn
-from tests.stepfuncs import EFFECT_TABLE
+from autostep.relay import MEMBER_LOCK
+from autostep.settings import libpq_dsn
 
-__all__ = ["REPO_ROOT", "ManagedProcess", "autostep_command"]
+__all__ = ["REPO_ROOT", "ManagedProcess", "autostep_command", "runner_connected"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The modules the function runner serves: the built-ins and the test functions.
-RUNNER_MODULES = ("functions.builtins", "tests.stepfuncs")
+RUNNER_MODULES = ("autostep.functions.builtins", "tests.stepfuncs")
 #: Seconds a process may take to become ready, and to stop after SIGTERM.
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -65,8 +64,10 @@ class ManagedProcess:
         env: dict[str, str],
         log_path: Path,
         ready: Callable[[ManagedProcess], bool] | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> None:
         self.name = name
+        self.cwd = cwd
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -97,7 +98,7 @@ class ManagedProcess:
         self._log_offset = self._log.tell()
         self._popen = subprocess.Popen(
             self.args,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             # libpq names this incarnation's database sessions after it
             env={**self.env, "PGAPPNAME": self.incarnation},
             stdin=subprocess.DEVNULL,
@@ -221,13 +222,6 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 # -- fixtures -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def effect_table(session_factory: Any) -> None:
-    """The table ``t_add`` and ``t_flaky`` record their effects in."""
-    with unit_of_work(session_factory) as session:
-        session.execute(text(EFFECT_TABLE))
-
-
 @pytest.fixture
 def process_env(platform_env: dict[str, str]) -> dict[str, str]:
     """The environment of every process: ours plus the session's platform settings."""
@@ -238,7 +232,7 @@ def process_env(platform_env: dict[str, str]) -> dict[str, str]:
 def autostep_process(
     request: pytest.FixtureRequest, tmp_path: Path, process_env: dict[str, str]
 ) -> Iterator[Callable[..., ManagedProcess]]:
-    """Factory: ``autostep_process(name, *args, env=..., ready=...)`` starts one.
+    """Factory: ``autostep_process(name, *args, env=..., ready=..., cwd=...)`` starts one.
 
     Every process started through it is stopped at teardown; when the test
     failed, the tail of each one's output is printed.
@@ -250,6 +244,7 @@ def autostep_process(
         *args: str,
         env: dict[str, str] | None = None,
         ready: Callable[[ManagedProcess], bool] | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> ManagedProcess:
         process = ManagedProcess(
             name,
@@ -257,6 +252,7 @@ def autostep_process(
             {**process_env, **(env or {})},
             tmp_path / f"{name}.log",
             ready,
+            cwd,
         )
         started.append(process)
         process.start()
@@ -301,7 +297,7 @@ def runner_process(
     runner_settings: dict[str, str],
     effect_table: None,
 ) -> ManagedProcess:
-    """``autostep functions run functions.builtins tests.stepfuncs``, ready once connected."""
+    """``autostep functions run`` of the built-ins and ``tests.stepfuncs``, ready once connected."""
     return autostep_process(
         "runner",
         "functions",

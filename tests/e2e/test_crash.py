@@ -44,7 +44,7 @@ from sqlalchemy import text
 
 from autostep.catalog import create_project, publish_workflow
 from autostep.db import unit_of_work
-from autostep.engine import start_job
+from autostep.runs import start_job
 from autostep.topology import (
     DEAD_QUEUE,
     EVENTS_EXCHANGE,

@@ -7,26 +7,17 @@ vhost, as in production but in one process.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import eventlet
 import pytest
-from sqlalchemy import text
 
+from autostep import queries
 from autostep.db import unit_of_work
 from autostep.nameko_runtime import nameko_config
-from autostep.queries import job_view
 from autostep.relay import Relay
-from tests.stepfuncs import EFFECT_TABLE
-
-
-@pytest.fixture(scope="session")
-def effect_table(session_factory: Any) -> None:
-    with unit_of_work(session_factory) as session:
-        session.execute(text(EFFECT_TABLE))
 
 
 @pytest.fixture
@@ -41,10 +32,10 @@ def relay(platform_env: dict[str, str]) -> Iterator[Relay]:
 @pytest.fixture
 def functions(platform_env: dict[str, str], runner_factory: Any, effect_table: None) -> Any:
     """Every test and built-in function and the dead-letter service, served by nameko."""
-    import functions.builtins as builtins
+    import autostep.functions.builtins as builtins
     import tests.stepfuncs as stepfuncs
-    from functions.deadletters import DeadLetterService
-    from functions.service import services_for
+    from autostep.functions.deadletters import DeadLetterService
+    from autostep.functions.service import services_for
 
     services = [DeadLetterService, *services_for(stepfuncs.__name__).values()]
     services += services_for(builtins.__name__).values()
@@ -65,15 +56,9 @@ def project(session_factory: Any) -> str:
 
 @pytest.fixture
 def wait_for_job(session_factory: Any) -> Callable[..., dict[str, Any]]:
+    """Wait until a job has finished; its final view."""
+
     def wait(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with unit_of_work(session_factory) as session:
-                view = job_view(session, job_id)
-            if view["status"] != "running":
-                return view
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job still running after {timeout}s: {view}")
-            eventlet.sleep(0.05)
+        return queries.wait_for_job(session_factory, job_id, timeout=timeout)
 
     return wait

@@ -13,16 +13,16 @@ from sqlalchemy import create_engine, func, select, text
 
 from autostep.catalog import publish_workflow
 from autostep.db import make_session_factory, unit_of_work
-from autostep.engine import start_job
+from autostep.functions.deadletters import death_reason, handle_dead_letter
+from autostep.functions.runner import StepOutcome, run_step
 from autostep.models import Inbox, Outbox, Process
 from autostep.outbox import SHARDS
 from autostep.queries import job_view
-from autostep.relay import Relay, _amqp_params
+from autostep.relay import Relay
+from autostep.runs import start_job
 from autostep.sdk import REGISTRY
-from autostep.settings import Settings
-from autostep.step_runner import StepOutcome, run_step
+from autostep.settings import Settings, amqp_params
 from autostep.topology import DEAD_QUEUE, EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
-from functions.deadletters import death_reason, handle_dead_letter
 
 CHAIN = {
     "name": "pair",
@@ -91,7 +91,7 @@ def test_a_message_published_twice_through_rabbitmq_takes_effect_once(
     relay.stop()
     job_id = _start(session_factory, project)
     (row,) = _step_rows(session_factory, job_id)
-    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn = amqp.Connection(**amqp_params(amqp_uri))
     conn.connect()
     channel = conn.channel()
     declare_base(channel)
@@ -132,7 +132,7 @@ def test_a_message_published_twice_through_rabbitmq_takes_effect_once(
 def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
     session_factory: Any, project: str, amqp_uri: str, functions: Any, wait_for_job: Any
 ) -> None:
-    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn = amqp.Connection(**amqp_params(amqp_uri))
     conn.connect()
     channel = conn.channel()
     declare_base(channel)
@@ -186,7 +186,7 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
 def test_messages_a_runner_cannot_use_are_dead_lettered_and_logged(
     amqp_uri: str, functions: Any, caplog: Any
 ) -> None:
-    conn = amqp.Connection(**_amqp_params(amqp_uri))
+    conn = amqp.Connection(**amqp_params(amqp_uri))
     conn.connect()
     channel = conn.channel()
     declare_base(channel)
@@ -210,7 +210,9 @@ def test_messages_a_runner_cannot_use_are_dead_lettered_and_logged(
             routing_key="t_add",
         )
     for _ in range(100):
-        logged = [r.getMessage() for r in caplog.records if r.name == "functions.deadletters"]
+        logged = [
+            r.getMessage() for r in caplog.records if r.name == "autostep.functions.deadletters"
+        ]
         if len(logged) == 2:
             break
         eventlet.sleep(0.05)
@@ -273,7 +275,7 @@ def test_running_marks_never_wait_on_a_full_pool(
     # connection, its running mark must not need one from the same pool (it
     # would wait for the step, which waits for its mark, until the pool's
     # 30 s checkout timeout).
-    import functions.builtins  # noqa: F401  (registers delay)
+    import autostep.functions.builtins  # noqa: F401  (registers delay)
 
     with unit_of_work(session_factory) as session:
         publish_workflow(

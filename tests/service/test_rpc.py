@@ -9,8 +9,8 @@ import pytest
 from nameko.exceptions import RemoteError
 from nameko.standalone.rpc import ClusterRpcClient
 
+from autostep.gateway.workflows import ConditionsService, WorkflowsService
 from autostep.nameko_runtime import nameko_config
-from gateway.workflows import ConditionsService, WorkflowsService
 
 FIBO = {
     "name": "fib",
@@ -47,6 +47,44 @@ def test_a_client_creates_a_project_publishes_starts_and_reads_a_run(
     assert view["output"] == {"n": 11, "value": 89}
     assert [p["step"] for p in view["processes"]] == ["first", "second"]
     assert job["id"] in [j["id"] for j in rpc.workflows.list_jobs()]
+
+
+def test_a_workflow_reads_back_with_its_steps_and_transitions_per_version(rpc: Any) -> None:
+    rpc.workflows.create_project("rpc-read")
+    rpc.workflows.publish_workflow("rpc-read", FIBO)
+    branching = {
+        "name": "fib",
+        "steps": [
+            {
+                "name": "first",
+                "function": "fibo",
+                "retries": 2,
+                "next": [{"to": "big", "when": "output.value > 50"}, {"to": "small"}],
+            },
+            {"name": "big", "function": "fibo", "input": {"n": "prev.n + 1"}},
+            {"name": "small", "function": "noop"},
+        ],
+    }
+    rpc.workflows.publish_workflow("rpc-read", branching)
+
+    newest = rpc.workflows.get_workflow("rpc-read", "fib")
+    first = rpc.workflows.get_workflow("rpc-read", "fib", 1)
+
+    assert newest["versions"] == [1, 2]
+    assert newest["version"]["number"] == 2
+    assert [s["name"] for s in newest["version"]["steps"]] == ["first", "big", "small"]
+    head = newest["version"]["steps"][0]
+    assert head["start"] is True and head["retries"] == 2
+    assert head["next"] == [
+        {"to": "big", "when": "output.value > 50"},
+        {"to": "small", "when": None},
+    ]
+    assert newest["version"]["steps"][1]["input"] == {"n": "prev.n + 1"}
+    assert [s["name"] for s in first["version"]["steps"]] == ["first", "second"]
+    assert first["version"]["steps"][0]["next"] == [{"to": "second", "when": None}]
+    with pytest.raises(RemoteError) as missing:
+        rpc.workflows.get_workflow("rpc-read", "fib", 3)
+    assert missing.value.exc_type == "NotFoundError"
 
 
 def test_errors_reach_the_client_with_their_type_and_field(rpc: Any) -> None:

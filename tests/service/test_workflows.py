@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
-from autostep.engine import start_job
 from autostep.models import Process
+from autostep.runs import start_job
 
 
 def _publish(session_factory: Any, project: str, definition: dict[str, Any]) -> None:
@@ -217,23 +217,15 @@ def test_workflow_edited_while_a_run_is_in_flight_keeps_its_version(
 def test_a_slow_step_is_shown_running_while_it_runs(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
-    import eventlet
-
-    from autostep.queries import job_view
+    from autostep.queries import follow_job
 
     definition = {"name": "slow", "steps": [{"name": "nap", "function": "delay"}]}
     _publish(session_factory, project, definition)
     job_id = _start(session_factory, project, "slow", {"seconds": 1.5})
-    seen = set()
-    for _ in range(150):
-        with unit_of_work(session_factory) as session:
-            view = job_view(session, job_id)
-        seen.add(view["processes"][0]["status"])
-        if view["status"] != "running":
-            break
-        eventlet.sleep(0.02)
+    views = list(follow_job(session_factory, job_id, interval=0.02, timeout=30))
+    seen = {view["processes"][0]["status"] for view in views}
 
-    final = wait_for_job(job_id)
+    final = views[-1]
     assert "running" in seen  # marked after running_mark_seconds (0.5 s)
     assert final["status"] == "succeeded"
     nap = final["processes"][0]

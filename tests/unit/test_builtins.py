@@ -19,7 +19,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-import functions.builtins as builtins
+import autostep.functions.builtins as builtins
 from autostep.exceptions import PermanentError, RetryableError
 from autostep.sdk import REGISTRY, RetryPolicy, StepContext
 
@@ -47,7 +47,7 @@ def test_every_builtin_is_registered_with_its_policy() -> None:
     assert REGISTRY["delay"].policy.timeout == 3700
     for name in ("transform", "log", "delay", "noop", "fibo"):
         assert REGISTRY[name].policy.retries == 0, name
-        assert REGISTRY[name].func.__module__ == "functions.builtins"
+        assert REGISTRY[name].func.__module__ == "autostep.functions.builtins"
 
 
 def test_module_exposes_one_nameko_service_per_function() -> None:

@@ -1,4 +1,8 @@
-"""The engine: start jobs, and move them on when a process finishes or fails.
+"""Runs: start jobs, and move them on when a process finishes or fails.
+
+This is the engine. The trigger (CLI, RPC, later cron and webhooks) calls
+:func:`start_job`; the function runner calls :func:`claim_step` before a
+step's function and :func:`complete_process` or :func:`fail_attempt` after it.
 
 Every function here runs inside the caller's transaction and writes, with the
 rows it changes, the outbox rows that announce them: step messages for the
@@ -22,14 +26,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, text, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
+from autostep import inbox
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
 from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
+from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
@@ -111,32 +117,19 @@ def claim_step(
 ) -> bool:
     """Record a step message in the inbox and say whether its function should run.
 
-    One round trip: the inbox insert and a read of the process. False for a
-    message seen before (a redelivery) or a stale one (the process finished,
-    was cancelled with its job, or moved on to another attempt); raises
+    One round trip (:func:`autostep.inbox.claim`). False for a message seen
+    before (a redelivery) or a stale one (the process finished, was cancelled
+    with its job, or moved on to another attempt); raises
     :class:`NotFoundError` for a process this database never had. Nothing is
     locked while the function runs, so the children of a fan-out run in
     parallel; :func:`complete_process` locks and checks again.
     """
-    row = session.execute(
-        _CLAIM, {"consumer": consumer, "message_id": message_id, "process_id": process_id}
-    ).one()
-    if not row.fresh:
+    found = inbox.claim(session, consumer, message_id, process_id)
+    if not found.fresh:
         return False
-    if row.status is None:
+    if found.status is None:
         raise NotFoundError(f"no process {process_id}")
-    return bool(row.attempt == attempt and not ProcessStatus(row.status).finished)
-
-
-_CLAIM = text(
-    """
-    WITH seen AS (
-        INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
-        ON CONFLICT DO NOTHING RETURNING 1)
-    SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
-    FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = :process_id
-    """
-)
+    return found.attempt == attempt and not ProcessStatus(found.status).finished
 
 
 def complete_process(
@@ -201,7 +194,7 @@ def fail_attempt(
         process.attempt += 1
         _set_process(out, process, ProcessStatus.QUEUED)
         version = load_version(session, job.version_id)
-        out.step(process.function, _step_message(process, job, version), delay=retry_in)
+        out.step(_step_message(process, job, version), delay=retry_in)
         out.flush()
         return True
     process.finished_at = _now()
@@ -257,7 +250,7 @@ def _enter_step(
         session.add(process)
         session.flush()
         out.event("process.updated", process.id, process_event(process))
-        out.step(step.function, _step_message(process, job, version))
+        out.step(_step_message(process, job, version))
         return
     variables = {"input": job.input, "prev": prev or {}}
     items = evaluate(step.for_each, variables, field=f"{step.name}.for_each")
@@ -286,7 +279,7 @@ def _enter_step(
     session.flush()
     for child in children:
         out.event("process.updated", child.id, process_event(child))
-        out.step(step.function, _step_message(child, job, version))
+        out.step(_step_message(child, job, version))
 
 
 def _join_child(
@@ -363,17 +356,17 @@ def _new_process(
     )
 
 
-def _step_message(process: Process, job: Job, version: CompiledVersion) -> dict[str, Any]:
-    """The body of a step message: everything a runner needs, no catalog read."""
-    return {
-        "process_id": str(process.id),
-        "job_id": str(job.id),
-        "step": process.step,
-        "function": process.function,
-        "attempt": process.attempt,
-        "input": process.input,
-        "policy": version.step(process.step).policy(),
-    }
+def _step_message(process: Process, job: Job, version: CompiledVersion) -> StepMessage:
+    """The message that runs the current attempt of ``process``."""
+    return StepMessage(
+        process_id=process.id,
+        job_id=job.id,
+        step=process.step,
+        function=process.function,
+        attempt=process.attempt,
+        input=process.input,
+        policy=version.step(process.step).policy(),
+    )
 
 
 #: Core table for the one-statement running mark (rows, not ORM objects).

@@ -1,11 +1,15 @@
 """Runs one step message: the plain function behind every function service.
 
+The :class:`~autostep.functions.entrypoint.StepConsumer` of each ``fn_<name>``
+service hands it the message; the dead-letter service uses its failure path
+(:func:`record_failure`) for messages that died.
+
 For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 
 1. one transaction: record the message in the inbox and read the process in
    one statement (a duplicate or stale message stops here), call the function with a
    :class:`StepContext` whose session is this transaction, then
-   :func:`engine.complete_process` writes the result, the next processes
+   :func:`autostep.runs.complete_process` writes the result, the next processes
    and their outbox rows: the function's own writes, the result and the next
    messages commit together or not at all. A step still running after
    ``running_mark_seconds`` is marked running by a separate short
@@ -18,7 +22,8 @@ For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 A crash anywhere before a commit leaves the message unacknowledged, RabbitMQ
 redelivers it, and the inbox makes the redelivery a no-op once a commit
 happened. Database outages are *not* step failures: they raise
-:class:`InfrastructureError` and the entrypoint requeues the message.
+:class:`~autostep.exceptions.DatabaseUnavailable` and the entrypoint requeues
+the message.
 """
 
 from __future__ import annotations
@@ -31,27 +36,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import eventlet
-import psycopg
 from greenlet import GreenletExit
-from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import engine
-from autostep.db import side_session_factory, unit_of_work
+from autostep import inbox, runs
+from autostep.db import DATABASE_OUTAGES, database_outages, side_session_factory, unit_of_work
 from autostep.exceptions import (
-    InfrastructureError,
     NotFoundError,
     PermanentError,
+    PoisonMessage,
     RetryableError,
     StaleAttempt,
 )
-from autostep.models import Inbox
+from autostep.messages import StepMessage, parse_step_message
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 from autostep.settings import get_settings
 
-__all__ = ["PoisonMessage", "StepMessage", "StepOutcome", "record_inbox", "run_step"]
+__all__ = ["StepOutcome", "record_failure", "run_step"]
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +65,6 @@ class StepOutcome(enum.StrEnum):
     SKIPPED = "skipped"
 
 
-class PoisonMessage(ValueError):
-    """The message cannot be understood; it goes to the dead-letter queue."""
-
-
-class StepMessage(BaseModel):
-    """The body the relay publishes to ``autostep.fn.<function>``."""
-
-    process_id: uuid.UUID
-    job_id: uuid.UUID
-    step: str
-    function: str
-    attempt: int = Field(ge=1)
-    input: dict[str, Any]
-    policy: dict[str, Any] = Field(default_factory=dict)
-
-
 def run_step(
     factory: sessionmaker[Session],
     spec: FunctionSpec,
@@ -88,19 +73,19 @@ def run_step(
     *,
     consumer: str,
 ) -> StepOutcome:
-    """Run the step message ``body`` once, exactly once in effect."""
+    """Run the step message ``body`` once, exactly once in effect.
+
+    Raises :class:`PoisonMessage` for a message that is unreadable or fits no
+    process, and :class:`~autostep.exceptions.DatabaseUnavailable` when the
+    database is lost.
+    """
+    message, msg_id = parse_step_message(body, message_id)
     try:
-        message = StepMessage.model_validate(body)
-        msg_id = uuid.UUID(str(message_id))
-    except (ValidationError, ValueError) as exc:
-        raise PoisonMessage(f"not a step message: {exc}") from exc
-    try:
-        return _run(factory, spec, message, msg_id, consumer)
+        with database_outages():
+            return _run(factory, spec, message, msg_id, consumer)
     except NotFoundError as exc:
         # A runner wired to another database than the relay that published.
         raise PoisonMessage(f"step message for an unknown process: {exc}") from exc
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError) as exc:
-        raise InfrastructureError(f"database unavailable: {exc}") from exc
 
 
 def _run(
@@ -113,7 +98,7 @@ def _run(
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
-            if not engine.claim_step(
+            if not runs.claim_step(
                 session, consumer, message_id, message.process_id, message.attempt
             ):
                 return StepOutcome.SKIPPED
@@ -140,29 +125,39 @@ def _run(
                 marker.cancel()  # not started yet: it never runs; else let it finish
                 with contextlib.suppress(GreenletExit):
                     marker.wait()
-            engine.complete_process(
+            runs.complete_process(
                 session, message.process_id, message.attempt, output, started_at=started_at
             )
         return StepOutcome.SUCCEEDED
     except StaleAttempt:
         return StepOutcome.SKIPPED
-    except (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        psycopg.OperationalError,
-        NotFoundError,
-    ):
+    except DATABASE_OUTAGES:
+        raise
+    except NotFoundError:
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         retry_in = _retry_delay(exc, policy, message.attempt)
         log.info("step %s attempt %s failed: %s", message.step, message.attempt, error)
+    return record_failure(factory, consumer, message, message_id, error, retry_in)
+
+
+def record_failure(
+    factory: sessionmaker[Session],
+    consumer: str,
+    message: StepMessage,
+    message_id: uuid.UUID,
+    error: str,
+    retry_in: float | None,
+) -> StepOutcome:
+    """Record that ``message``'s attempt failed: retry in ``retry_in`` s, or fail for good.
+
+    One transaction with the inbox row, so a redelivered failure is a no-op.
+    """
     with unit_of_work(factory) as session:
-        if not record_inbox(session, consumer, message_id):
+        if not inbox.record(session, consumer, message_id):
             return StepOutcome.SKIPPED
-        retrying = engine.fail_attempt(
-            session, message.process_id, message.attempt, error, retry_in
-        )
+        retrying = runs.fail_attempt(session, message.process_id, message.attempt, error, retry_in)
     return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
 
 
@@ -173,7 +168,7 @@ def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
     """
     try:
         with unit_of_work(factory) as session:
-            engine.mark_running(session, message.job_id, message.process_id, message.attempt)
+            runs.mark_running(session, message.job_id, message.process_id, message.attempt)
     except Exception:  # only a display state: the step goes on regardless
         log.warning("could not mark %s running", message.process_id, exc_info=True)
 
@@ -185,14 +180,3 @@ def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | N
     if isinstance(exc, RetryableError) and exc.delay is not None:
         return exc.delay
     return policy.delay(attempt)
-
-
-def record_inbox(session: Session, consumer: str, message_id: uuid.UUID) -> bool:
-    """Insert the message into the inbox; False if it was there already."""
-    inserted = session.execute(
-        pg_insert(Inbox)
-        .values(consumer=consumer, message_id=message_id)
-        .on_conflict_do_nothing()
-        .returning(Inbox.message_id)
-    ).first()
-    return inserted is not None

@@ -1,0 +1,67 @@
+"""The inbox: the message ids each consumer has applied, for exactly-once effects.
+
+A consumer records a message's id (the outbox row id, sent as AMQP
+``message_id``) in the same transaction as the message's effects. A
+redelivery then finds the row and changes nothing; a crash before the commit
+leaves no row, and the redelivery does the work. :func:`claim` records a step
+message and reads its process in one round trip (the function runner's hot
+path); :func:`record` records any other message (a failure, a dead letter);
+:func:`prune` forgets ids old enough that no redelivery can meet them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, NamedTuple
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+__all__ = ["Claim", "claim", "prune", "record"]
+
+
+class Claim(NamedTuple):
+    """What :func:`claim` found: whether the message is new, and its process's state."""
+
+    fresh: bool
+    #: The process's status and attempt; None for a process the database never had.
+    status: str | None
+    attempt: int | None
+
+
+_CLAIM = text(
+    """
+    WITH seen AS (
+        INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
+        ON CONFLICT DO NOTHING RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
+    FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = :process_id
+    """
+)
+_RECORD = text(
+    """
+    INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
+    ON CONFLICT DO NOTHING RETURNING 1
+    """
+)
+_PRUNE = "DELETE FROM inbox WHERE received_at < now() - make_interval(days => %(days)s)"
+
+
+def claim(session: Session, consumer: str, message_id: uuid.UUID, process_id: uuid.UUID) -> Claim:
+    """Record a step message for ``consumer`` and read its process, in one statement."""
+    row = session.execute(
+        _CLAIM, {"consumer": consumer, "message_id": message_id, "process_id": process_id}
+    ).one()
+    return Claim(bool(row.fresh), row.status, row.attempt)
+
+
+def record(session: Session, consumer: str, message_id: uuid.UUID) -> bool:
+    """Record a message for ``consumer``; False if it was recorded before."""
+    inserted = session.execute(_RECORD, {"consumer": consumer, "message_id": message_id})
+    return inserted.first() is not None
+
+
+def prune(connection: psycopg.Connection[Any], days: int) -> int:
+    """Delete ids recorded more than ``days`` ago; returns how many."""
+    return connection.execute(_PRUNE, {"days": days}).rowcount

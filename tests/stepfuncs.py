@@ -1,4 +1,9 @@
-"""Step functions the tests run: effects recorded in the step's own transaction."""
+"""Step functions the tests run: effects recorded in the step's own transaction.
+
+``test_effect`` rows are written in the step's transaction, so they count
+the effects that committed. ``test_call`` rows are written on a connection of
+their own, outside it, so they count every call, rolled back or not.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,12 @@ CREATE TABLE IF NOT EXISTS test_effect (
     process_id uuid NOT NULL,
     step text NOT NULL,
     value bigint,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS test_call (
+    process_id uuid NOT NULL,
+    step text NOT NULL,
+    attempt int NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
@@ -79,6 +90,52 @@ def sleepy(inp: Nap, ctx: StepContext) -> Loose:
 def crash(inp: Loose) -> Loose:
     """Fails with an ordinary exception: retried by the default policy."""
     raise ZeroDivisionError("boom")
+
+
+def _record_call(ctx: StepContext) -> int:
+    """Record this call outside the step's transaction; the calls of this process so far."""
+    engine = ctx.session.get_bind()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(
+            text("INSERT INTO test_call (process_id, step, attempt) VALUES (:p, :s, :a)"),
+            {"p": ctx.process_id, "s": ctx.step, "a": ctx.attempt},
+        )
+        calls = conn.scalar(
+            text("SELECT count(*) FROM test_call WHERE process_id = :p"), {"p": ctx.process_id}
+        )
+    return int(calls or 0)
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    fail: bool = False
+    sleep: float = 0.0
+
+
+@function(name="t_item", retries=0)
+def item(inp: Item, ctx: StepContext) -> Loose:
+    """One fan-out item: fails for good if ``fail``, else sleeps ``sleep`` s and records."""
+    if inp.fail:
+        raise PermanentError("this item fails")
+    time.sleep(inp.sleep)
+    _record(ctx, 1)
+    return Loose(slept=inp.sleep)
+
+
+class Cut(BaseModel):
+    #: Cut the connection on the first ``times`` calls of this process.
+    times: int = 1
+
+
+@function(name="t_cut", retries=0)
+def cut(inp: Cut, ctx: StepContext) -> Loose:
+    """Loses its database connection mid-transaction (the server ends it) ``times`` times."""
+    calls = _record_call(ctx)
+    if calls <= inp.times:
+        # the server ends this session: the statement raises an OperationalError
+        ctx.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    _record(ctx, calls)
+    return Loose(calls=calls)
 
 
 globals().update(services_for(__name__))

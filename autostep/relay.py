@@ -13,15 +13,20 @@ One loop per relay process:
    its locks, and the others take its shards over. One shard has one
    owner, so **the rows of one job are published in ``seq`` order**, which is
    the order their transactions committed (every writer of a job locks the
-   job row first).
-2. **Claim** due rows of its shards in one round trip
+   job row first). A relay that takes a shard over first releases the
+   leases its previous owner held there (that owner lost its session, so it
+   can no longer delete them), so it publishes those rows at once and in
+   order rather than skipping them until their leases run out.
+2. **Claim** (:meth:`Relay.claim`) due rows of its shards in one round trip
    (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``),
-   leasing them with a fresh token.
-3. **Publish** them in ``seq`` order on one confirm-mode channel, pipelined,
-   step messages with ``mandatory`` set; the outbox id is the AMQP
-   ``message_id``, which consumers record in their inbox.
-4. **Delete** the confirmed rows whose lease token is still ours. Nacked or
-   returned rows are released with a backoff (``available_at``).
+   leasing them with a fresh token; a lease that ran out (its relay
+   vanished) no longer protects its rows.
+3. **Publish** them (:meth:`Relay.publish`) in ``seq`` order on one
+   confirm-mode channel, pipelined, step messages with ``mandatory`` set; the
+   outbox id is the AMQP ``message_id``, which consumers record in their inbox.
+4. **Settle** (:meth:`Relay.settle`): delete the confirmed rows whose lease
+   token is still ours, and release nacked or returned ones with a backoff
+   (``available_at``); rows another relay claimed since are left to it.
 5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
    insert), the next delayed row, or the polling fallback.
 
@@ -52,7 +57,7 @@ from autostep.outbox import SHARDS
 from autostep.settings import Settings, amqp_params, get_settings, libpq_dsn
 from autostep.topology import declare_base, declare_step_queue
 
-__all__ = ["MEMBER_LOCK", "Relay"]
+__all__ = ["MEMBER_LOCK", "SHARD_LOCK", "Claim", "Publication", "Relay"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,11 @@ UPDATE outbox SET lease_token = NULL, lease_until = NULL,
                   available_at = now() + make_interval(secs => %(delay)s)
 WHERE id = ANY(%(ids)s) AND lease_token = %(token)s
 """
+#: Leases a vanished owner held on the rows of the shards just taken over.
+RELEASE_TAKEN_OVER = """
+UPDATE outbox SET lease_token = NULL, lease_until = NULL
+WHERE shard = ANY(%(shards)s) AND lease_token IS NOT NULL
+"""
 NEXT_DUE = """
 SELECT extract(epoch FROM min(available_at) - now()) FROM outbox
 WHERE shard = ANY(%(shards)s) AND lease_token IS NULL
@@ -93,8 +103,16 @@ WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND gr
 
 
 @dataclass
-class _Batch:
-    """Publishes of one pass, waiting for their confirms."""
+class Claim:
+    """Outbox rows leased to one relay under ``token``, in ``seq`` order."""
+
+    token: uuid.UUID
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Publication:
+    """The publishes of one claim and what the broker said of each."""
 
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery tag -> row
     acked: set[uuid.UUID] = field(default_factory=set)
@@ -114,7 +132,7 @@ class Relay:
         self._amqp: amqp.Connection | None = None
         self._channel: Any = None
         self._declared: set[str] = set()
-        self._batch = _Batch()
+        self._batch = Publication()
         self._next_tag = 1
         self._rebalanced_at = 0.0
         self._pruned_at = 0.0
@@ -194,6 +212,7 @@ class Relay:
         for shard in sorted(self.shards)[fair:]:
             db.execute("SELECT pg_advisory_unlock(%s, %s)", (SHARD_LOCK, shard))
             self.shards.discard(shard)
+        taken = []
         start = random.randrange(SHARDS)
         for offset in range(SHARDS):
             if len(self.shards) >= fair:
@@ -204,6 +223,9 @@ class Relay:
             got = db.execute("SELECT pg_try_advisory_lock(%s, %s)", (SHARD_LOCK, shard)).fetchone()
             if got and got[0]:
                 self.shards.add(shard)
+                taken.append(shard)
+        if taken:
+            db.execute(RELEASE_TAKEN_OVER, {"shards": taken})
         self._rebalanced_at = time.monotonic()
 
     def prune_inbox(self) -> int:
@@ -215,40 +237,34 @@ class Relay:
     # -- one pass -----------------------------------------------------------
 
     def pass_once(self) -> int:
-        """Claim, publish and delete one batch; return how many rows it held."""
-        if not self.shards:
-            return 0
-        db = self._require_db()
-        token = uuid.uuid4()
-        with db.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                CLAIM,
-                {
-                    "token": token,
-                    "lease": self.settings.relay_lease_seconds,
-                    "shards": sorted(self.shards),
-                    "limit": self.settings.relay_batch_size,
-                },
-            )
-            rows = sorted(cur.fetchall(), key=lambda row: row["seq"])
-        if not rows:
-            return 0
-        batch = self._publish(rows)
-        if batch.acked:
-            db.execute(DELETE, {"ids": list(batch.acked), "token": token})
-        if batch.failed:
-            db.execute(
-                RELEASE,
-                {"ids": list(batch.failed), "token": token, "delay": RELEASE_BACKOFF_SECONDS},
-            )
-        self.published += len(batch.acked)
-        return len(rows)
+        """Claim, publish and settle one batch; return how many rows it held."""
+        claim = self.claim()
+        if claim.rows:
+            self.settle(claim, self.publish(claim))
+        return len(claim.rows)
 
-    def _publish(self, rows: list[dict[str, Any]]) -> _Batch:
+    def claim(self) -> Claim:
+        """Lease up to ``relay_batch_size`` due rows of this relay's shards."""
+        token = uuid.uuid4()
+        if not self.shards:
+            return Claim(token, [])
+        params = {
+            "token": token,
+            "lease": self.settings.relay_lease_seconds,
+            "shards": sorted(self.shards),
+            "limit": self.settings.relay_batch_size,
+        }
+        with self._require_db().cursor(row_factory=dict_row) as cur:
+            cur.execute(CLAIM, params)
+            return Claim(token, sorted(cur.fetchall(), key=lambda row: row["seq"]))
+
+    def publish(self, claim: Claim) -> Publication:
+        """Publish the claimed rows in order and wait for every confirm (or return)."""
         channel, conn = self._channel, self._amqp
-        assert channel is not None and conn is not None
-        self._batch = batch = _Batch()
-        for row in rows:
+        if channel is None or conn is None:
+            raise BrokerUnavailable("relay is not connected")
+        self._batch = batch = Publication()
+        for row in claim.rows:
             if row["mandatory"] and row["routing_key"] not in self._declared:
                 declare_step_queue(channel, row["routing_key"])
                 self._declared.add(row["routing_key"])
@@ -278,7 +294,21 @@ class Relay:
             conn.drain_events(timeout=remaining)
         return batch
 
-    def _settle(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
+    def settle(self, claim: Claim, publication: Publication) -> None:
+        """Delete the confirmed rows and release the failed ones, if still ours."""
+        db = self._require_db()
+        if publication.acked:
+            db.execute(DELETE, {"ids": list(publication.acked), "token": claim.token})
+        if publication.failed:
+            params = {
+                "ids": list(publication.failed),
+                "token": claim.token,
+                "delay": RELEASE_BACKOFF_SECONDS,
+            }
+            db.execute(RELEASE, params)
+        self.published += len(publication.acked)
+
+    def _confirm(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
         batch = self._batch
         tags = [t for t in batch.outstanding if t <= delivery_tag] if multiple else [delivery_tag]
         for tag in tags:
@@ -292,16 +322,18 @@ class Relay:
                 batch.failed.add(row_id)
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, ok=True)
+        self._confirm(delivery_tag, multiple, ok=True)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
         log.warning("broker nacked delivery %s", delivery_tag)
-        self._settle(delivery_tag, multiple, ok=False)
+        self._confirm(delivery_tag, multiple, ok=False)
 
-    def _on_return(self, message: amqp.Message) -> None:
-        # A return precedes the message's ack: mark it so the ack cannot delete it.
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        # A return precedes the message's ack: mark it so the ack cannot delete it,
+        # and declare the queue again before the retry (someone deleted it).
         message_id = message.properties.get("message_id")
         log.warning("unroutable step message %s (no queue bound); will retry", message_id)
+        self._declared.discard(routing_key)
         if message_id:
             self._batch.failed.add(uuid.UUID(message_id))
 

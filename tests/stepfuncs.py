@@ -114,10 +114,16 @@ class Item(BaseModel):
 
 @function(name="t_item", retries=0)
 def item(inp: Item, ctx: StepContext) -> Loose:
-    """One fan-out item: fails for good if ``fail``, else sleeps ``sleep`` s and records."""
+    """One fan-out item: fails for good if ``fail``, else sleeps ``sleep`` s and records.
+
+    A slow item (``sleep`` > 0) also records its call, outside the transaction,
+    once its sleep is over.
+    """
     if inp.fail:
         raise PermanentError("this item fails")
     time.sleep(inp.sleep)
+    if inp.sleep:
+        _record_call(ctx)  # a slow item says when its function is done
     _record(ctx, 1)
     return Loose(slept=inp.sleep)
 

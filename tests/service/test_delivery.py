@@ -49,6 +49,20 @@ def _step_rows(session_factory: Any, job_id: uuid.UUID) -> list[Outbox]:
         )
 
 
+def _unpublished(session_factory: Any, jobs: list[uuid.UUID]) -> int:
+    """Outbox rows of ``jobs`` and their processes not published yet."""
+    with unit_of_work(session_factory) as session:
+        processes = select(Process.id).where(Process.job_id.in_(jobs))
+        return int(
+            session.scalar(
+                select(func.count()).where(
+                    Outbox.aggregate_id.in_(jobs) | Outbox.aggregate_id.in_(processes)
+                )
+            )
+            or 0
+        )
+
+
 def test_a_redelivered_step_message_is_a_no_op(
     session_factory: Any, project: str, effect_table: None
 ) -> None:
@@ -157,7 +171,9 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
                 jobs.append(start_job(session, project, "pair", {"value": 1}).id)
         for job_id in jobs:
             assert wait_for_job(job_id)["status"] == "succeeded"
-        eventlet.sleep(0.5)  # the last job.updated events
+        with eventlet.Timeout(10, AssertionError("the last events were not published")):
+            while _unpublished(session_factory, jobs):
+                eventlet.sleep(0.05)
     finally:
         for r in relays:
             r.stop()

@@ -160,7 +160,7 @@ def test_retries_then_success_and_retries_then_failure(
     assert _effects(session_factory, gives_up) == []
 
 
-def test_failed_fan_out_child_fails_the_job_and_cancels_the_rest(
+def test_a_failed_fan_out_child_fails_its_parent_and_the_job(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
     definition = {

@@ -1,0 +1,231 @@
+"""Breaks each guarantee on purpose and checks that a test notices: the audit, kept.
+
+Every entry of :data:`MUTATIONS` is one breakage: a piece of code replaced
+in a temporary copy of the repository, and the tests that must fail because
+of it. For each one the script copies the tree (without ``.venv``), applies
+the change, runs those tests with the copy first on ``PYTHONPATH`` (the
+processes the end-to-end tests start run the copy too), and counts the runs
+in which at least one of them failed. A breakage that no test catches is a
+promise without a proof.
+
+    .venv/bin/python bench/mutations.py                   # every breakage once
+    .venv/bin/python bench/mutations.py --times 5         # 5 runs each
+    .venv/bin/python bench/mutations.py --only lease      # names containing "lease"
+    .venv/bin/python bench/mutations.py --clean 3         # the unbroken tests, 3 times
+
+Like ``./dev test`` it needs PostgreSQL and RabbitMQ; each pytest run makes
+and drops its own database and vhost. It exits 1 when a breakage survived
+a run (or a clean run failed), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``."""
+
+    name: str
+    promise: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+EXACTLY_ONCE = "tests/service/test_exactly_once.py"
+RELAY = "tests/service/test_relay.py"
+FAILURES = "tests/service/test_failures.py"
+ORDERING = "tests/e2e/test_ordering.py"
+CRASH = "tests/e2e/test_crash.py"
+
+MUTATIONS = (
+    Mutation(
+        "inbox-ignored",
+        "no doubled effect: a message seen before is not run again",
+        "autostep/runs.py",
+        "    if not found.fresh:\n        return False\n",
+        "",
+        (EXACTLY_ONCE, "tests/service/test_delivery.py"),
+    ),
+    Mutation(
+        "claim-without-skip-locked",
+        "two claims never take the same row nor wait for each other",
+        "autostep/relay.py",
+        "    ORDER BY seq LIMIT %(limit)s\n    FOR UPDATE SKIP LOCKED)",
+        "    ORDER BY seq LIMIT %(limit)s)",
+        (RELAY,),
+    ),
+    Mutation(
+        "completion-without-row-lock",
+        "per-job order: a job's transactions commit one after another",
+        "autostep/runs.py",
+        "        .where(Process.id == process_id)\n        .with_for_update()\n",
+        "        .where(Process.id == process_id)\n",
+        (ORDERING,),
+    ),
+    Mutation(
+        "no-shard-ownership",
+        "per-job order: one relay publishes a job's rows",
+        "autostep/relay.py",
+        '            "shards": sorted(self.shards),\n            "limit"',
+        '            "shards": list(range(SHARDS)),\n            "limit"',
+        (ORDERING,),
+    ),
+    Mutation(
+        "retry-delay-zero",
+        "bounded retries wait as the backoff says",
+        "autostep/functions/runner.py",
+        "    return policy.delay(attempt)",
+        "    return 0.0",
+        (FAILURES,),
+    ),
+    Mutation(
+        "retry-after-ignored",
+        "a retry waits as long as the function (or Retry-After) asks",
+        "autostep/functions/runner.py",
+        "    if isinstance(exc, RetryableError) and exc.delay is not None:\n"
+        "        return exc.delay\n",
+        "",
+        (FAILURES,),
+    ),
+    Mutation(
+        "siblings-not-cancelled",
+        "a failed job stops: its unfinished processes are cancelled",
+        "autostep/runs.py",
+        "    unfinished = [ProcessStatus.QUEUED, ProcessStatus.RUNNING]\n",
+        "    return\n    unfinished = [ProcessStatus.QUEUED, ProcessStatus.RUNNING]\n",
+        (FAILURES,),
+    ),
+    Mutation(
+        "outage-acks-and-drops",
+        "never ack-and-drop: a database outage requeues the message",
+        "autostep/functions/entrypoint.py",
+        "            eventlet.sleep(REQUEUE_PAUSE_SECONDS)\n"
+        "            self.consumer.requeue_message(message)",
+        "            self.consumer.ack_message(message)",
+        (FAILURES,),
+    ),
+    Mutation(
+        "no-delivery-limit",
+        "a message that keeps failing is dead-lettered, and its job fails",
+        "autostep/topology.py",
+        '        "x-delivery-limit": get_settings().delivery_limit,\n',
+        "",
+        (FAILURES,),
+    ),
+    Mutation(
+        "leases-never-expire",
+        "rows a vanished relay claimed are published once its lease runs out",
+        "autostep/relay.py",
+        "      AND (lease_until IS NULL OR lease_until < now())",
+        "      AND lease_until IS NULL",
+        (RELAY,),
+    ),
+    Mutation(
+        "delete-ignores-lease",
+        "a relay whose lease ran out leaves the rows to their new claimant",
+        "autostep/relay.py",
+        'DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s) AND lease_token = %(token)s"',
+        'DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s)"',
+        (RELAY,),
+    ),
+    Mutation(
+        "takeover-keeps-stale-leases",
+        "a relay taking a shard over publishes its previous owner's claims at once, in order",
+        "autostep/relay.py",
+        "        if taken:\n            db.execute(RELEASE_TAKEN_OVER",
+        "        if False:\n            db.execute(RELEASE_TAKEN_OVER",
+        (RELAY,),
+    ),
+)
+
+
+def _copy(tree: Path) -> None:
+    shutil.copytree(
+        ROOT,
+        tree,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".*_cache", "*.egg-info"),
+    )
+
+
+def _apply(tree: Path, mutation: Mutation) -> None:
+    path = tree / mutation.path
+    text = path.read_text()
+    if text.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.name}: the code to break is not in {mutation.path} once")
+    path.write_text(text.replace(mutation.old, mutation.new))
+
+
+def _pytest(tree: Path, tests: tuple[str, ...]) -> tuple[bool, float, str]:
+    """Run ``tests`` in ``tree``; (passed, seconds, last lines of output)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    tail = "\n".join(done.stdout.strip().splitlines()[-3:])
+    return done.returncode == 0, time.monotonic() - started, tail
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", type=int, default=1, help="runs per breakage (1)")
+    parser.add_argument("--only", default="", help="breakages whose name contains this")
+    parser.add_argument("--clean", type=int, default=0, help="run the unbroken tests N times")
+    parser.add_argument("--verbose", action="store_true", help="print pytest's last lines")
+    args = parser.parse_args()
+
+    chosen = [m for m in MUTATIONS if args.only in m.name]
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="autostep-mutations-") as scratch:
+        if args.clean:
+            tree = Path(scratch) / "clean"
+            _copy(tree)
+            tests = tuple(sorted({t for m in chosen for t in m.tests}))
+            for run in range(1, args.clean + 1):
+                passed, seconds, tail = _pytest(tree, tests)
+                failures += not passed
+                print(f"clean run {run}: {'passed' if passed else 'FAILED'} in {seconds:.0f}s")
+                if args.verbose or not passed:
+                    print(tail)
+            return 1 if failures else 0
+        print(f"{'breakage':30} {'caught':>7}  promise / tests")
+        for mutation in chosen:
+            tree = Path(scratch) / mutation.name
+            _copy(tree)
+            _apply(tree, mutation)
+            caught = 0
+            for _ in range(args.times):
+                passed, seconds, tail = _pytest(tree, mutation.tests)
+                caught += not passed
+                if args.verbose:
+                    outcome = "passed" if passed else "failed"
+                    print(f"  {mutation.name}: {outcome} in {seconds:.0f}s")
+                    print("  " + tail.replace("\n", "\n  "))
+            failures += caught < args.times
+            print(f"{mutation.name:30} {caught:>3}/{args.times:<3}  {mutation.promise}")
+            print(f"{'':30} {'':7}  {', '.join(mutation.tests)}", flush=True)
+            shutil.rmtree(tree)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

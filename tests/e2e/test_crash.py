@@ -1,12 +1,53 @@
-"""The crash test: SIGKILL the function runner and the relay at random moments.
+"""Kills of the function runner and of two relays lose no step and double no effect.
 
 A workflow of ``t_add`` steps with a fan-out (``s1`` -> ``each`` over three
 items -> ``s3`` -> ``s4``) runs for a few hundred jobs, started in batches
-before and during the chaos, while the runner and the relay are killed with
-SIGKILL and restarted over and over. RabbitMQ redelivers what the runner had
-not acknowledged, and the relay publishes again what it had claimed but not
-deleted. Then everything runs undisturbed until every job has finished, and
-the database must show that nothing was lost and nothing happened twice:
+before and during the chaos. One function runner and two relays
+(``relay-a`` and ``relay-b``, which share the 64 outbox shards) are killed
+with SIGKILL and restarted, round after round: a victim is picked at random,
+half a batch of jobs is started, a moment later the victim is frozen
+(SIGSTOP), looked at from PostgreSQL and killed; the other half is started
+while it is dead, then it is restarted. Freezing before the kill lets the
+test see, without a race, what the kill cut short: a frozen process does
+nothing more, as a killed one, but its connections stay open until the kill
+a few milliseconds later. Half of the relay kills are aimed: the
+frozen relay is let go on (SIGCONT) for a few milliseconds and frozen again
+until it is caught between publishing rows and deleting them (at most
+``AIM_FOR`` seconds), a window of milliseconds that a random moment rarely
+hits. Then everything runs undisturbed until every job has finished.
+
+**The kills hit.** Each figure below is measured where the failure happens,
+and each must be at least one, so the test fails if the chaos disturbed
+nothing:
+
+- *Steps cut* by runner kills: open transactions of the frozen runner (its
+  PostgreSQL sessions carry its incarnation as ``application_name``) that
+  had written an inbox row and ``t_add``'s ``test_effect`` row: the function
+  had run, its effect was written, nothing was committed. The kill rolls
+  them back and leaves their messages unacknowledged, so these steps can
+  only have succeeded through a redelivery that ran the function again.
+  (Transactions that had only claimed their message are printed as "claims
+  cut".) Processes in status ``running`` would not show this: a fast step
+  goes from ``queued`` to ``succeeded`` in one transaction.
+- *Rows stranded* by relay kills: outbox rows in the frozen relay's shards
+  that were leased and that the tap queue had already received, i.e.
+  published and not deleted. Only their lease holder may delete them, so
+  each must be published again once its lease ends (or when the shard's new
+  owner releases it): the test asserts that the tap saw every one of them
+  twice or more, that at least one step message was published twice, and
+  that the step of each such message had exactly one effect.
+- *Takeovers*: a thread samples every 0.1 s which relay incarnation holds
+  each shard's advisory lock (``SHARD_LOCK`` in ``pg_locks``). At least one
+  shard must have passed to the other relay after its holder was killed.
+
+A runner killed after a commit and before its ack also makes RabbitMQ
+deliver an applied message again, which the inbox absorbs; ``t_add`` leaves
+no trace of such a delivery, so it is not counted.
+
+Rounds go on until there were at least 8 runner kills, 8 relay kills, 20 in
+all, and every figure above was seen, at most ``MAX_ROUNDS`` rounds.
+
+**Nothing was lost or doubled.** The database must then show:
 
 - every job succeeded with the output its input implies;
 - every step has exactly one succeeded process (a fan-out exactly one child
@@ -16,19 +57,23 @@ the database must show that nothing was lost and nothing happened twice:
   step order;
 - the outbox is empty; the inbox holds exactly the step messages that were
   published (a tap queue bound next to the consumers' sees every
-  publication, so it also counts what the relay published twice); the step
-  queue and the dead-letter queue are empty, and the ``deadletters`` service
-  (which fails the process of a message RabbitMQ gave up on) saw nothing.
+  publication, duplicates included); the step queue and the dead-letter
+  queue are empty, and the ``deadletters`` service (which fails the process
+  of a message RabbitMQ gave up on) saw nothing.
 
-The kill schedule comes from ``random.Random(seed)``; the seed is printed and
-``AUTOSTEP_CRASH_SEED`` replays it (timings still vary with the machine).
+The random choices come from ``random.Random(seed)``; the seed is printed and
+``AUTOSTEP_CRASH_SEED`` replays them (timings still vary with the machine,
+and with them the effects of each kill and the number of rounds).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -36,15 +81,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import amqp
+import psycopg
 import pytest
 from sqlalchemy import text
 
 from autostep.catalog import create_project, publish_workflow
 from autostep.db import unit_of_work
+from autostep.relay import SHARD_LOCK
 from autostep.runs import start_job
+from autostep.settings import amqp_params, libpq_dsn
 from autostep.topology import (
     DEAD_QUEUE,
     EVENTS_EXCHANGE,
@@ -52,22 +99,38 @@ from autostep.topology import (
     declare_base,
     step_queue_name,
 )
-from tests.e2e.conftest import ManagedProcess
+from tests.e2e.conftest import ManagedProcess, relay_holds_membership
 
 pytestmark = [pytest.mark.e2e, pytest.mark.crash]
 
+#: Jobs started in all (at least: rounds beyond the minimums start more), and before the chaos.
 JOBS = 240
 JOBS_BEFORE_CHAOS = 60
 MIN_KILLS = 20
-MIN_KILLS_EACH = 8
-#: Seconds a process runs once ready, until new jobs arrive, until it is killed, dead.
+MIN_RUNNER_KILLS = 8
+MIN_RELAY_KILLS = 8
+#: Rounds the chaos may take to reach its minimums and see every effect it must have.
+MAX_ROUNDS = 30
+#: Seconds a process runs once ready, until new jobs arrive, until it is frozen, dead.
 RUN_FOR = (0.3, 1.5)
 KILL_AFTER = (0.0, 0.15)
 DEAD_FOR = (0.1, 1.0)
+#: Share of relay kills aimed between a publication and its deletion, and how long
+#: such a kill may look for that moment.
+AIMED_SHARE = 0.5
+AIM_FOR = 0.5
+#: Seconds a frozen process's database sessions get to finish the statement they run,
+#: and seconds they must then stay quiet (a statement it sent may still be on its way).
+SETTLE_SESSIONS_TIMEOUT = 2.0
+QUIET_SECONDS = 0.05
+SHARD_SAMPLE_SECONDS = 0.1
 SETTLE_TIMEOUT = 240.0
 OUTBOX_DRAIN_TIMEOUT = 30.0
 ITEMS_PER_JOB = 3
-TAP_QUEUE = f"e2e.crash.tap.{uuid.uuid4().hex[:8]}"
+RELAYS = ("relay-a", "relay-b")
+#: A short lease (rows a killed relay claimed are published again in seconds) and
+#: quick rebalancing (shards move to the surviving relay within half a second).
+RELAY_ENV = {"AUTOSTEP_RELAY_LEASE_SECONDS": "5", "AUTOSTEP_RELAY_REBALANCE_SECONDS": "0.5"}
 
 WORKFLOW: dict[str, Any] = {
     "name": "crash",
@@ -96,11 +159,49 @@ EXPECTED_PROCESSES = sorted(
 )
 TASKS_PER_JOB = sum(1 for _, kind, _ in EXPECTED_PROCESSES if kind == "task")
 
-
-@pytest.fixture
-def relay_settings() -> dict[str, str]:
-    """A short lease: rows a killed relay had claimed are published again in seconds."""
-    return {"AUTOSTEP_RELAY_LEASE_SECONDS": "5"}
+#: The current database's oid, for pg_locks rows.
+THIS_DATABASE = "(SELECT oid FROM pg_database WHERE datname = current_database())"
+#: Sessions of a process incarnation still executing a statement (not waiting for a lock).
+BUSY_SESSIONS = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE application_name = %s AND datname = current_database()
+      AND state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'
+"""
+#: Open transactions of a (frozen) incarnation that wrote an inbox row, and whether
+#: each also wrote a ``test_effect`` row (the step's function had run). A session
+#: waiting for the client, or for a lock that another of them holds, cannot commit.
+OPEN_STEPS = f"""
+    SELECT count(*), count(*) FILTER (WHERE ran) FROM (
+        SELECT a.pid, bool_or(c.relname = 'test_effect') AS ran
+        FROM pg_stat_activity a
+        JOIN pg_locks l ON l.pid = a.pid
+        JOIN pg_class c ON c.oid = l.relation
+        WHERE a.application_name = %s AND a.datname = current_database()
+          AND (a.state = 'idle in transaction'
+               OR (a.state = 'active' AND a.wait_event_type = 'Lock'))
+          AND l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted
+          AND l.database = {THIS_DATABASE}
+        GROUP BY a.pid
+        HAVING bool_or(c.relname = 'inbox')
+    ) AS open_steps
+"""
+#: Shard advisory locks held, with the ``application_name`` (incarnation) holding each.
+SHARD_HOLDERS = f"""
+    SELECT l.objid::int, a.application_name FROM pg_locks l JOIN pg_stat_activity a
+      ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = {SHARD_LOCK}
+      AND l.objsubid = 2 AND l.database = {THIS_DATABASE}
+"""
+#: The shards a relay incarnation holds.
+SHARDS_OF = f"""
+    SELECT objid FROM ({SHARD_HOLDERS}) AS held (objid, application_name)
+    WHERE application_name = %(relay)s
+"""
+#: Outbox rows leased in the shards a relay incarnation holds.
+LEASED_IN_SHARDS_OF = f"""
+    SELECT id::text, type FROM outbox
+    WHERE lease_token IS NOT NULL AND shard IN ({SHARDS_OF})
+"""
 
 
 @dataclass
@@ -120,46 +221,79 @@ class JobInput:
         return {"s1": s1, **each, "s3": s3, "s4": s3 + 1}
 
 
+@dataclass(frozen=True)
+class Publication:
+    """One message the tap received."""
+
+    type: str
+    message_id: str
+    #: The process a step message runs (None for an event).
+    process_id: str | None
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A shard seen held by ``before``, then by ``after`` (relay incarnations)."""
+
+    at: float
+    shard: int
+    before: str
+    after: str
+
+
 @dataclass
 class Chaos:
-    """What the test did, for the summary."""
+    """What the chaos did, and what the kills cut short."""
 
+    rounds: int = 0
     kills: Counter[str] = field(default_factory=Counter)
-    #: Task processes found running right after each runner kill (redelivered).
-    interrupted_steps: int = 0
-    #: Outbox rows found leased right after each relay kill (published again after the lease).
-    stranded_rows: int = 0
+    #: Monotonic time each killed incarnation was frozen.
+    killed_at: dict[str, float] = field(default_factory=dict)
+    #: Runner transactions that had claimed a step message (inbox row), cut by kills.
+    claims_cut: int = 0
+    #: Of those, the ones in which ``t_add`` had run (its effect written, not committed).
+    steps_cut: int = 0
+    #: Outbox rows a killed relay had published but not deleted, by id: their type.
+    stranded: dict[str, str] = field(default_factory=dict)
+    #: Seconds spent waiting for restarted victims to be ready.
+    restarting: float = 0.0
+    #: One line per kill: the incarnation killed and what the kill cut short.
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def relay_kills(self) -> int:
+        return sum(self.kills[name] for name in RELAYS)
+
+    def stranded_steps(self) -> int:
+        return sum(1 for kind in self.stranded.values() if kind == "step")
 
 
 class Tap:
-    """A queue that receives a copy of every message the relay publishes.
+    """A queue that receives a copy of every message the relays publish.
 
     It is bound next to ``t_add``'s queue on the steps exchange and to every
     event on the events exchange, so it counts publications, duplicates
-    included, without taking anything from the consumers.
+    included, without taking anything from the consumers. :meth:`drain`
+    collects what arrived into :attr:`seen`.
     """
 
     def __init__(self, amqp_uri: str) -> None:
-        parts = urlparse(amqp_uri)
-        self.connection = amqp.Connection(
-            host=f"{parts.hostname}:{parts.port or 5672}",
-            userid=unquote(parts.username or "guest"),
-            password=unquote(parts.password or "guest"),
-            virtual_host=unquote(parts.path[1:]) or "/",
-        )
+        self.connection = amqp.Connection(**amqp_params(amqp_uri))
         self.connection.connect()
         self.channel = self.connection.channel()
         declare_base(self.channel)
-        self.channel.queue_declare(TAP_QUEUE, durable=False, auto_delete=False, exclusive=True)
-        self.channel.queue_bind(TAP_QUEUE, STEPS_EXCHANGE, "t_add")
-        self.channel.queue_bind(TAP_QUEUE, EVENTS_EXCHANGE, "#")
+        self.queue, _, _ = self.channel.queue_declare("", exclusive=True)
+        self.channel.queue_bind(self.queue, STEPS_EXCHANGE, "t_add")
+        self.channel.queue_bind(self.queue, EVENTS_EXCHANGE, "#")
+        self.seen: list[Publication] = []
 
-    def publications(self) -> list[tuple[str, str]]:
-        """(message type, message id) of every publication so far."""
-        seen = []
-        while (message := self.channel.basic_get(TAP_QUEUE, no_ack=True)) is not None:
-            seen.append((message.properties["type"], message.properties["message_id"]))
-        return seen
+    def drain(self) -> list[Publication]:
+        """Every publication received so far."""
+        while (message := self.channel.basic_get(self.queue, no_ack=True)) is not None:
+            kind = message.properties["type"]
+            process = json.loads(message.body)["process_id"] if kind == "step" else None
+            self.seen.append(Publication(kind, message.properties["message_id"], process))
+        return self.seen
 
     def messages_in(self, queue: str) -> int:
         """Ready messages in ``queue`` (a passive declare)."""
@@ -169,11 +303,84 @@ class Tap:
         self.connection.close()
 
 
+class ShardWatch:
+    """Samples, from a thread, which relay incarnation holds each outbox shard.
+
+    Every change of holder between two samples is a :class:`Handover`.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.dsn = libpq_dsn(database_url)
+        self.handovers: list[Handover] = []
+        self.samples = 0
+        self._holders: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling; raise what made the sampling fail, if anything did."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self._error is not None:
+            raise RuntimeError("sampling the shard holders failed") from self._error
+
+    def takeovers(self, killed_at: dict[str, float]) -> list[Handover]:
+        """Shards taken by one relay after the other relay's incarnation holding them was killed."""
+        return [
+            handover
+            for handover in list(self.handovers)
+            if _relay(handover.before) != _relay(handover.after)
+            and killed_at.get(handover.before, math.inf) <= handover.at
+        ]
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self._stop.wait(SHARD_SAMPLE_SECONDS):
+                    self._sample(conn)
+        except BaseException as exc:
+            self._error = exc
+
+    def _sample(self, conn: psycopg.Connection[Any]) -> None:
+        at = time.monotonic()
+        for shard, holder in conn.execute(SHARD_HOLDERS).fetchall():
+            before = self._holders.get(shard)
+            if before is not None and before != holder:
+                self.handovers.append(Handover(at, shard, before, holder))
+            self._holders[shard] = holder
+        self.samples += 1
+
+
+def _relay(incarnation: str) -> str:
+    """The process name of an incarnation (``relay-a#3`` -> ``relay-a``)."""
+    return incarnation.split("#", 1)[0]
+
+
 @pytest.fixture
 def tap(amqp_uri: str) -> Iterator[Tap]:
     relay_tap = Tap(amqp_uri)
     yield relay_tap
     relay_tap.close()
+
+
+@pytest.fixture
+def relays(
+    autostep_process: Callable[..., ManagedProcess], database_url: str
+) -> list[ManagedProcess]:
+    """Two ``autostep relay`` processes sharing the shards, each ready once it is a member."""
+    ready = relay_holds_membership(database_url)
+    return [autostep_process(name, "relay", env=RELAY_ENV, ready=ready) for name in RELAYS]
+
+
+@pytest.fixture
+def observer(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to look at sessions and locks of the processes with."""
+    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
+        yield conn
 
 
 def _scalar(session_factory: Any, sql: str, **params: Any) -> Any:
@@ -241,54 +448,172 @@ def _report(session_factory: Any, tap: Tap, seed: int, stuck: list[str]) -> str:
     return "\n".join(lines)
 
 
+# -- the chaos -------------------------------------------------------------------
+
+
+def _freeze(process: ManagedProcess, observer: psycopg.Connection[Any]) -> bool:
+    """SIGSTOP ``process`` and wait until its database sessions are settled; whether they are."""
+    assert process.pid is not None and process.is_running(), f"{process!r} is not running"
+    os.kill(process.pid, signal.SIGSTOP)
+    return _settled(process, observer)
+
+
+def _settled(process: ManagedProcess, observer: psycopg.Connection[Any]) -> bool:
+    """Wait until no session of the frozen ``process`` runs a statement; whether none does.
+
+    A statement the server was running (a COMMIT, say) completes; after that
+    the frozen process's sessions wait for it, or for locks its other
+    sessions hold, and change nothing more.
+    """
+    deadline = time.monotonic() + SETTLE_SESSIONS_TIMEOUT
+    while observer.execute(BUSY_SESSIONS, (process.incarnation,)).fetchone() != (0,):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _kill_runner(runner: ManagedProcess, observer: psycopg.Connection[Any], chaos: Chaos) -> None:
+    """Freeze the runner, count the step transactions it has open, and kill it.
+
+    A session still running a statement after SETTLE_SESSIONS_TIMEOUT is not
+    counted (``OPEN_STEPS`` leaves it out).
+    """
+    chaos.killed_at[runner.incarnation] = time.monotonic()
+    try:
+        _freeze(runner, observer)
+        time.sleep(QUIET_SECONDS)
+        _settled(runner, observer)
+        row = observer.execute(OPEN_STEPS, (runner.incarnation,)).fetchone()
+    finally:
+        runner.kill()
+    claimed, ran = row if row is not None else (0, 0)
+    chaos.claims_cut += claimed
+    chaos.steps_cut += ran
+    chaos.log.append(f"{runner.incarnation}: {claimed} claims cut, {ran} after t_add ran")
+
+
+def _stranded(relay: ManagedProcess, observer: psycopg.Connection[Any], tap: Tap) -> dict[str, str]:
+    """Rows the frozen ``relay`` has leased and the tap has received, by id: their type."""
+    leased = observer.execute(LEASED_IN_SHARDS_OF, {"relay": relay.incarnation}).fetchall()
+    published = {publication.message_id for publication in tap.drain()}
+    return {row: kind for row, kind in leased if row in published}
+
+
+def _kill_relay(
+    relay: ManagedProcess, observer: psycopg.Connection[Any], tap: Tap, chaos: Chaos, aimed: bool
+) -> None:
+    """Freeze a relay, note which rows it published but did not delete, and kill it.
+
+    An ``aimed`` kill looks at the frozen relay and, as long as it has no such
+    rows, lets it go on (SIGCONT) for a few milliseconds and freezes it again,
+    for at most AIM_FOR seconds. Rows are only counted once the relay's
+    session stayed quiet for QUIET_SECONDS, so that a DELETE it sent just
+    before it froze cannot remove them behind the test's back.
+    """
+    deadline = time.monotonic() + (AIM_FOR if aimed else 0.0)
+    looks = 0
+    try:
+        while True:
+            looks += 1
+            stranded = _stranded(relay, observer, tap) if _freeze(relay, observer) else {}
+            if stranded:
+                time.sleep(QUIET_SECONDS)
+                stranded = _stranded(relay, observer, tap) if _settled(relay, observer) else {}
+            if stranded or time.monotonic() >= deadline:
+                break
+            assert relay.pid is not None
+            os.kill(relay.pid, signal.SIGCONT)
+            time.sleep(0.003)
+        shards = len(observer.execute(SHARDS_OF, {"relay": relay.incarnation}).fetchall())
+        chaos.killed_at[relay.incarnation] = time.monotonic()
+    finally:
+        relay.kill()
+    chaos.stranded.update(stranded)
+    steps = sum(1 for kind in stranded.values() if kind == "step")
+    aim = f" (aimed, {looks} looks)" if aimed else ""
+    chaos.log.append(
+        f"{relay.incarnation}{aim}: holding {shards} shards,"
+        f" {len(stranded)} rows published and not deleted ({steps} step messages)"
+    )
+
+
+def _chaos_done(chaos: Chaos, jobs: dict[str, JobInput], watch: ShardWatch) -> bool:
+    return (
+        len(jobs) >= JOBS
+        and sum(chaos.kills.values()) >= MIN_KILLS
+        and not _runner_wanted(chaos)
+        and not _relay_wanted(chaos, watch)
+    )
+
+
+def _runner_wanted(chaos: Chaos) -> bool:
+    return chaos.kills["runner"] < MIN_RUNNER_KILLS or chaos.steps_cut == 0
+
+
+def _relay_wanted(chaos: Chaos, watch: ShardWatch) -> bool:
+    return (
+        chaos.relay_kills < MIN_RELAY_KILLS
+        or chaos.stranded_steps() == 0
+        or not watch.takeovers(chaos.killed_at)
+    )
+
+
 def _run_chaos(
     rng: random.Random,
-    victims: list[ManagedProcess],
+    runner: ManagedProcess,
+    relays: list[ManagedProcess],
+    observer: psycopg.Connection[Any],
+    tap: Tap,
+    watch: ShardWatch,
     session_factory: Any,
     project: str,
     jobs: dict[str, JobInput],
 ) -> Chaos:
-    """Kill a random victim now and then while the rest of the jobs are started.
+    """Kill a random victim now and then while more jobs are started.
 
     Each round the victim runs RUN_FOR seconds; then half a batch of jobs is
-    started and the victim is killed a moment later, while it works on them;
-    the other half is started while it is dead, and it is restarted after
-    DEAD_FOR seconds.
+    started and the victim is frozen and killed a moment later, while it works
+    on them; the other half is started while it is dead, and it is restarted
+    after DEAD_FOR seconds. The victim is the runner or one of the relays, at
+    even odds; once only one of them still lacks kills or an effect, rounds
+    kill that one. A share (AIMED_SHARE) of the relay kills is aimed (see
+    :func:`_kill_relay`), as a random moment rarely falls into the few
+    milliseconds between a publication and its deletion.
     """
     chaos = Chaos()
     per_round = math.ceil((JOBS - len(jobs)) / MIN_KILLS)
-    while (
-        len(jobs) < JOBS
-        or sum(chaos.kills.values()) < MIN_KILLS
-        or min(chaos.kills[victim.name] for victim in victims) < MIN_KILLS_EACH
-    ):
-        batch = min(per_round, JOBS - len(jobs))
+    while not _chaos_done(chaos, jobs, watch) and chaos.rounds < MAX_ROUNDS:
+        chaos.rounds += 1
         time.sleep(rng.uniform(*RUN_FOR))
-        victim = rng.choice(victims)
-        _start_jobs(session_factory, project, rng, batch // 2, jobs)
+        runner_wanted, relay_wanted = _runner_wanted(chaos), _relay_wanted(chaos, watch)
+        coin, relay, aimed = rng.random() < 0.5, rng.choice(relays), rng.random() < AIMED_SHARE
+        victim = runner if (coin if runner_wanted == relay_wanted else runner_wanted) else relay
+        _start_jobs(session_factory, project, rng, per_round // 2, jobs)
         time.sleep(rng.uniform(*KILL_AFTER))
-        victim.kill()
-        chaos.kills[victim.name] += 1
-        if victim.name == "runner":
-            chaos.interrupted_steps += _scalar(
-                session_factory,
-                "SELECT count(*) FROM process WHERE status = 'running' AND kind = 'task'",
-            )
+        if victim is runner:
+            _kill_runner(runner, observer, chaos)
         else:
-            chaos.stranded_rows += _scalar(
-                session_factory, "SELECT count(*) FROM outbox WHERE lease_token IS NOT NULL"
-            )
-        _start_jobs(session_factory, project, rng, batch - batch // 2, jobs)
+            _kill_relay(victim, observer, tap, chaos, aimed)
+        chaos.kills[victim.name] += 1
+        _start_jobs(session_factory, project, rng, per_round - per_round // 2, jobs)
         time.sleep(rng.uniform(*DEAD_FOR))
+        restarted = time.monotonic()
         victim.start()
+        chaos.restarting += time.monotonic() - restarted
     return chaos
 
 
+# -- the test --------------------------------------------------------------------
+
+
 @pytest.mark.timeout(420)
-def test_killing_runner_and_relay_loses_and_doubles_nothing(
+def test_kills_of_runner_and_relays_lose_and_double_no_step(
     session_factory: Any,
-    relay_process: ManagedProcess,
+    database_url: str,
+    relays: list[ManagedProcess],
     runner_process: ManagedProcess,
+    observer: psycopg.Connection[Any],
     tap: Tap,
 ) -> None:
     seed = int(os.environ.get("AUTOSTEP_CRASH_SEED") or random.SystemRandom().randrange(2**32))
@@ -303,9 +628,16 @@ def test_killing_runner_and_relay_loses_and_doubles_nothing(
 
     jobs: dict[str, JobInput] = {}
     _start_jobs(session_factory, project, rng, JOBS_BEFORE_CHAOS, jobs)
-    chaos = _run_chaos(rng, [runner_process, relay_process], session_factory, project, jobs)
+    watch = ShardWatch(database_url)
+    watch.start()
+    try:
+        chaos = _run_chaos(
+            rng, runner_process, relays, observer, tap, watch, session_factory, project, jobs
+        )
+    finally:
+        watch.stop()
     chaos_ended = time.monotonic()
-    assert relay_process.is_running() and runner_process.is_running()
+    assert all(process.is_running() for process in [runner_process, *relays])
 
     job_ids = list(jobs)
     finished = _wait_until(lambda: not _running(session_factory, job_ids), SETTLE_TIMEOUT)
@@ -316,25 +648,45 @@ def test_killing_runner_and_relay_loses_and_doubles_nothing(
     )
     assert drained, f"outbox not drained: {_report(session_factory, tap, seed, [])}"
 
+    # nothing lost, nothing doubled
     _check_jobs(session_factory, seed, jobs)
     _check_processes(session_factory, seed, jobs)
     _check_effects(session_factory, seed, job_ids)
-    inbox, publications = _check_messages(session_factory, tap, seed, test_started)
+    inbox, publications = _check_messages(session_factory, tap, seed, test_started, len(jobs))
 
-    again: Counter[str] = Counter()  # publications beyond the first, by message type
-    for (kind, _), copies in Counter(publications).items():
-        again[kind] += copies - 1
+    # the chaos had effects
+    copies = Counter(publication.message_id for publication in publications)
+    doubled = {p for p in publications if copies[p.message_id] > 1}
+    takeovers = watch.takeovers(chaos.killed_at)
+    between = [h for h in watch.handovers if _relay(h.before) != _relay(h.after)]
+    print("\n".join(chaos.log))
     print(
-        f"crash test seed {seed}: {JOBS} jobs, {TASKS_PER_JOB * JOBS} steps,"
-        f" kills {dict(chaos.kills)} ({sum(chaos.kills.values())} in total);"
-        f" {chaos.interrupted_steps} steps running at runner kills,"
-        f" {chaos.stranded_rows} outbox rows leased at relay kills;"
-        f" {len(publications)} publications of {len(set(publications))} outbox rows,"
-        f" published again: {again['step']} step messages,"
-        f" {sum(again.values()) - again['step']} events; {inbox} inbox rows;"
-        f" chaos {chaos_ended - began:.1f}s, settled after {settled - chaos_ended:.1f}s,"
-        f" total {time.monotonic() - began:.1f}s"
+        f"crash test seed {seed}: {len(jobs)} jobs, {TASKS_PER_JOB * len(jobs)} steps;"
+        f" {chaos.rounds} rounds, kills {dict(chaos.kills)} ({sum(chaos.kills.values())} in all);"
+        f" runner kills cut {chaos.claims_cut} claimed step transactions,"
+        f" {chaos.steps_cut} of them after t_add had run;"
+        f" relay kills stranded {len(chaos.stranded)} published rows"
+        f" ({chaos.stranded_steps()} step messages);"
+        f" {len(between)} shard handovers between relays in {watch.samples} samples,"
+        f" {len(takeovers)} of them takeovers from a killed relay;"
+        f" {len(publications)} publications of {len(copies)} outbox rows,"
+        f" published twice or more: {sum(1 for p in doubled if p.type == 'step')} step messages,"
+        f" {sum(1 for p in doubled if p.type != 'step')} events; {inbox} inbox rows;"
+        f" chaos {chaos_ended - began:.1f}s (restarts {chaos.restarting:.1f}s),"
+        f" settled after {settled - chaos_ended:.1f}s, total {time.monotonic() - began:.1f}s"
     )
+    kills = "\n".join(chaos.log)
+    assert chaos.kills["runner"] >= MIN_RUNNER_KILLS and chaos.relay_kills >= MIN_RELAY_KILLS, (
+        f"seed {seed}: too few kills in {MAX_ROUNDS} rounds: {dict(chaos.kills)}"
+    )
+    assert chaos.steps_cut >= 1, f"seed {seed}: no runner kill cut a step that had run:\n{kills}"
+    assert chaos.stranded_steps() >= 1, (
+        f"seed {seed}: no relay kill left a published step message undeleted:\n{kills}"
+    )
+    not_again = {row: copies[row] for row in chaos.stranded if copies[row] < 2}
+    assert not not_again, f"seed {seed}: stranded rows not published again: {not_again}"
+    _check_doubled_steps(session_factory, seed, doubled)
+    assert takeovers, f"seed {seed}: no shard was taken over from a killed relay: {between[:5]}"
 
 
 def _check_jobs(session_factory: Any, seed: int, jobs: dict[str, JobInput]) -> None:
@@ -410,8 +762,8 @@ def _check_effects(session_factory: Any, seed: int, job_ids: list[str]) -> None:
 
 
 def _check_messages(
-    session_factory: Any, tap: Tap, seed: int, since: datetime
-) -> tuple[int, list[tuple[str, str]]]:
+    session_factory: Any, tap: Tap, seed: int, since: datetime, jobs: int
+) -> tuple[int, list[Publication]]:
     """The inbox applied every published step message; none died; no queue holds any.
 
     Returns the number of inbox rows and the publications the tap saw.
@@ -424,9 +776,9 @@ def _check_messages(
             t=since,
         )
     }
-    assert len(inbox) >= TASKS_PER_JOB * JOBS, "an inbox row per step execution"
-    publications = tap.publications()
-    published = {message_id for kind, message_id in publications if kind == "step"}
+    assert len(inbox) >= TASKS_PER_JOB * jobs, "an inbox row per step execution"
+    publications = list(tap.drain())
+    published = {p.message_id for p in publications if p.type == "step"}
     assert published == inbox, f"seed {seed}: published step messages are not those applied"
     died = _scalar(
         session_factory,
@@ -437,3 +789,20 @@ def _check_messages(
     assert tap.messages_in(DEAD_QUEUE) == 0, f"seed {seed}: messages wait in {DEAD_QUEUE}"
     assert tap.messages_in(step_queue_name("t_add")) == 0
     return len(inbox), publications
+
+
+def _check_doubled_steps(session_factory: Any, seed: int, doubled: set[Publication]) -> None:
+    """At least one step message was published twice, and each such step had one effect."""
+    processes = sorted({p.process_id for p in doubled if p.process_id is not None})
+    assert processes, f"seed {seed}: no step message was published twice"
+    effects = _rows(
+        session_factory,
+        "SELECT p.id, p.status, count(e.process_id) AS effects"
+        " FROM process p LEFT JOIN test_effect e ON e.process_id = p.id"
+        " WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.id",
+        ids=processes,
+    )
+    not_once = [tuple(row) for row in effects if (row.status, row.effects) != ("succeeded", 1)]
+    assert len(effects) == len(processes) and not not_once, (
+        f"seed {seed}: steps published twice without exactly one effect: {not_once[:10]}"
+    )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from autostep import PermanentError, RetryableError, StepContext, function
 from autostep.functions.service import services_for
+from autostep.settings import libpq_dsn
 
 EFFECT_TABLE = """
 CREATE TABLE IF NOT EXISTS test_effect (
@@ -93,37 +95,43 @@ def crash(inp: Loose) -> Loose:
 
 
 def _record_call(ctx: StepContext) -> int:
-    """Record this call outside the step's transaction; the calls of this process so far."""
-    engine = ctx.session.get_bind()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    """Record this call outside the step's transaction; the calls of this process so far.
+
+    On a connection of its own, not one from the runner's pool: a step that
+    held one pooled connection and waited for a second could exhaust the pool.
+    """
+    url = ctx.session.get_bind().engine.url.render_as_string(hide_password=False)
+    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
         conn.execute(
-            text("INSERT INTO test_call (process_id, step, attempt) VALUES (:p, :s, :a)"),
-            {"p": ctx.process_id, "s": ctx.step, "a": ctx.attempt},
+            "INSERT INTO test_call (process_id, step, attempt) VALUES (%s, %s, %s)",
+            (ctx.process_id, ctx.step, ctx.attempt),
         )
-        calls = conn.scalar(
-            text("SELECT count(*) FROM test_call WHERE process_id = :p"), {"p": ctx.process_id}
-        )
-    return int(calls or 0)
+        row = conn.execute(
+            "SELECT count(*) FROM test_call WHERE process_id = %s", (ctx.process_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 class Item(BaseModel):
     model_config = ConfigDict(extra="allow")
     fail: bool = False
     sleep: float = 0.0
+    #: Record the call (outside the transaction) once the sleep is over.
+    report: bool = False
 
 
 @function(name="t_item", retries=0)
 def item(inp: Item, ctx: StepContext) -> Loose:
     """One fan-out item: fails for good if ``fail``, else sleeps ``sleep`` s and records.
 
-    A slow item (``sleep`` > 0) also records its call, outside the transaction,
-    once its sleep is over.
+    With ``report`` it also records its call, outside the transaction, once
+    its sleep is over.
     """
     if inp.fail:
         raise PermanentError("this item fails")
     time.sleep(inp.sleep)
-    if inp.sleep:
-        _record_call(ctx)  # a slow item says when its function is done
+    if inp.report:
+        _record_call(ctx)  # says when its function is done
     _record(ctx, 1)
     return Loose(slept=inp.sleep)
 

@@ -82,7 +82,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import amqp
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -91,15 +90,15 @@ from autostep.catalog import create_project, publish_workflow
 from autostep.db import unit_of_work
 from autostep.relay import SHARD_LOCK
 from autostep.runs import start_job
-from autostep.settings import amqp_params, libpq_dsn
+from autostep.settings import libpq_dsn
 from autostep.topology import (
     DEAD_QUEUE,
     EVENTS_EXCHANGE,
     STEPS_EXCHANGE,
-    declare_base,
     step_queue_name,
 )
 from tests.e2e.conftest import ManagedProcess, relay_holds_membership
+from tests.helpers import Tap
 
 pytestmark = [pytest.mark.e2e, pytest.mark.crash]
 
@@ -268,39 +267,23 @@ class Chaos:
         return sum(1 for kind in self.stranded.values() if kind == "step")
 
 
-class Tap:
-    """A queue that receives a copy of every message the relays publish.
+class PublicationTap(Tap):
+    """The tap next to ``t_add``'s queue and every event: each publication, duplicates included.
 
-    It is bound next to ``t_add``'s queue on the steps exchange and to every
-    event on the events exchange, so it counts publications, duplicates
-    included, without taking anything from the consumers. :meth:`drain`
-    collects what arrived into :attr:`seen`.
+    :meth:`drain` collects what arrived into :attr:`seen`.
     """
 
     def __init__(self, amqp_uri: str) -> None:
-        self.connection = amqp.Connection(**amqp_params(amqp_uri))
-        self.connection.connect()
-        self.channel = self.connection.channel()
-        declare_base(self.channel)
-        self.queue, _, _ = self.channel.queue_declare("", exclusive=True)
-        self.channel.queue_bind(self.queue, STEPS_EXCHANGE, "t_add")
-        self.channel.queue_bind(self.queue, EVENTS_EXCHANGE, "#")
+        super().__init__(amqp_uri, [(STEPS_EXCHANGE, "t_add"), (EVENTS_EXCHANGE, "#")])
         self.seen: list[Publication] = []
 
     def drain(self) -> list[Publication]:
         """Every publication received so far."""
-        while (message := self.channel.basic_get(self.queue, no_ack=True)) is not None:
+        for message in self.messages():
             kind = message.properties["type"]
             process = json.loads(message.body)["process_id"] if kind == "step" else None
             self.seen.append(Publication(kind, message.properties["message_id"], process))
         return self.seen
-
-    def messages_in(self, queue: str) -> int:
-        """Ready messages in ``queue`` (a passive declare)."""
-        return int(self.channel.queue_declare(queue, passive=True).message_count)
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 class ShardWatch:
@@ -361,8 +344,8 @@ def _relay(incarnation: str) -> str:
 
 
 @pytest.fixture
-def tap(amqp_uri: str) -> Iterator[Tap]:
-    relay_tap = Tap(amqp_uri)
+def tap(amqp_uri: str) -> Iterator[PublicationTap]:
+    relay_tap = PublicationTap(amqp_uri)
     yield relay_tap
     relay_tap.close()
 
@@ -421,7 +404,7 @@ def _running(session_factory: Any, job_ids: list[str]) -> list[str]:
     return [str(row.id) for row in rows]
 
 
-def _report(session_factory: Any, tap: Tap, seed: int, stuck: list[str]) -> str:
+def _report(session_factory: Any, tap: PublicationTap, seed: int, stuck: list[str]) -> str:
     """What the database and the broker show about jobs that did not finish."""
     lines = [f"seed {seed}: {len(stuck)} jobs did not finish"]
     for job_id in stuck[:5]:
@@ -493,7 +476,9 @@ def _kill_runner(runner: ManagedProcess, observer: psycopg.Connection[Any], chao
     chaos.log.append(f"{runner.incarnation}: {claimed} claims cut, {ran} after t_add ran")
 
 
-def _stranded(relay: ManagedProcess, observer: psycopg.Connection[Any], tap: Tap) -> dict[str, str]:
+def _stranded(
+    relay: ManagedProcess, observer: psycopg.Connection[Any], tap: PublicationTap
+) -> dict[str, str]:
     """Rows the frozen ``relay`` has leased and the tap has received, by id: their type."""
     leased = observer.execute(LEASED_IN_SHARDS_OF, {"relay": relay.incarnation}).fetchall()
     published = {publication.message_id for publication in tap.drain()}
@@ -501,7 +486,11 @@ def _stranded(relay: ManagedProcess, observer: psycopg.Connection[Any], tap: Tap
 
 
 def _kill_relay(
-    relay: ManagedProcess, observer: psycopg.Connection[Any], tap: Tap, chaos: Chaos, aimed: bool
+    relay: ManagedProcess,
+    observer: psycopg.Connection[Any],
+    tap: PublicationTap,
+    chaos: Chaos,
+    aimed: bool,
 ) -> None:
     """Freeze a relay, note which rows it published but did not delete, and kill it.
 
@@ -564,7 +553,7 @@ def _run_chaos(
     runner: ManagedProcess,
     relays: list[ManagedProcess],
     observer: psycopg.Connection[Any],
-    tap: Tap,
+    tap: PublicationTap,
     watch: ShardWatch,
     session_factory: Any,
     project: str,
@@ -614,7 +603,7 @@ def test_kills_of_runner_and_relays_lose_and_double_no_step(
     relays: list[ManagedProcess],
     runner_process: ManagedProcess,
     observer: psycopg.Connection[Any],
-    tap: Tap,
+    tap: PublicationTap,
 ) -> None:
     seed = int(os.environ.get("AUTOSTEP_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\ncrash test seed {seed} (AUTOSTEP_CRASH_SEED={seed} replays the kill schedule)")
@@ -762,7 +751,7 @@ def _check_effects(session_factory: Any, seed: int, job_ids: list[str]) -> None:
 
 
 def _check_messages(
-    session_factory: Any, tap: Tap, seed: int, since: datetime, jobs: int
+    session_factory: Any, tap: PublicationTap, seed: int, since: datetime, jobs: int
 ) -> tuple[int, list[Publication]]:
     """The inbox applied every published step message; none died; no queue holds any.
 

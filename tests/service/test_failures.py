@@ -27,26 +27,15 @@ from pydantic import BaseModel
 from sqlalchemy import select, text
 
 from autostep import RetryableError, StepContext, function
-from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.functions.deadletters import DeadLetterService
 from autostep.functions.runner import StepOutcome, run_step
 from autostep.functions.service import service_for
 from autostep.models import Outbox, Process
 from autostep.nameko_runtime import nameko_config
-from autostep.runs import start_job
 from autostep.sdk import REGISTRY
 from autostep.settings import get_settings
-
-
-def _publish(session_factory: Any, project: str, definition: dict[str, Any]) -> None:
-    with unit_of_work(session_factory) as session:
-        publish_workflow(session, project, definition)
-
-
-def _start(session_factory: Any, project: str, name: str, data: dict[str, Any]) -> uuid.UUID:
-    with unit_of_work(session_factory) as session:
-        return start_job(session, project, name, data).id
+from tests.helpers import publish, start
 
 
 def _count(session_factory: Any, sql: str, **params: Any) -> int:
@@ -66,10 +55,10 @@ def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
 def test_a_step_that_loses_its_database_is_requeued_and_takes_effect_once(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
-    _publish(
+    publish(
         session_factory, project, {"name": "cut", "steps": [{"name": "s", "function": "t_cut"}]}
     )
-    job_id = _start(session_factory, project, "cut", {"times": 1})
+    job_id = start(session_factory, project, "cut", {"times": 1})
 
     view = wait_for_job(job_id, timeout=20)
 
@@ -121,12 +110,12 @@ def test_a_step_that_always_loses_its_database_is_dead_lettered_and_fails_its_jo
         nameko_config(), DeadLetterService, service_for(REGISTRY["t_always_cut"])
     )
     runner.start()
-    _publish(
+    publish(
         session_factory,
         project,
         {"name": "doomed", "steps": [{"name": "s", "function": "t_always_cut"}]},
     )
-    job_id = _start(session_factory, project, "doomed", {})
+    job_id = start(session_factory, project, "doomed", {})
 
     view = wait_for_job(job_id, timeout=30)
 
@@ -182,11 +171,11 @@ def _fail_once(session_factory: Any, job_id: uuid.UUID) -> StepOutcome:
 def test_retries_wait_as_the_backoff_says_or_as_long_as_the_function_asks(
     session_factory: Any, project: str
 ) -> None:
-    _publish(
+    publish(
         session_factory, project, {"name": "waits", "steps": [{"name": "s", "function": "t_wait"}]}
     )
-    backoff = _start(session_factory, project, "waits", {})
-    asked = _start(session_factory, project, "waits", {"delay": 7})
+    backoff = start(session_factory, project, "waits", {})
+    asked = start(session_factory, project, "waits", {"delay": 7})
 
     outcomes = [_fail_once(session_factory, backoff), _fail_once(session_factory, backoff)]
     outcomes.append(_fail_once(session_factory, asked))
@@ -209,9 +198,9 @@ def test_a_failing_fan_out_child_cancels_its_slow_siblings_and_their_effects(
         "name": "fancancel",
         "steps": [{"name": "each", "function": "t_item", "for_each": "input.items"}],
     }
-    _publish(session_factory, project, definition)
-    items = [{"sleep": 1.0}, {"fail": True}, {"sleep": 1.0}]
-    job_id = _start(session_factory, project, "fancancel", {"items": items})
+    publish(session_factory, project, definition)
+    items = [{"sleep": 1.0, "report": True}, {"fail": True}, {"sleep": 1.0, "report": True}]
+    job_id = start(session_factory, project, "fancancel", {"items": items})
 
     view = wait_for_job(job_id)
     children = sorted(
@@ -263,9 +252,9 @@ def test_an_empty_fan_out_goes_straight_on_to_the_next_step(
             {"name": "after", "function": "t_add", "input": {"value": "size(prev.items)"}},
         ],
     }
-    _publish(session_factory, project, definition)
+    publish(session_factory, project, definition)
 
-    view = wait_for_job(_start(session_factory, project, "emptyfan", {"items": []}))
+    view = wait_for_job(start(session_factory, project, "emptyfan", {"items": []}))
 
     assert view["status"] == "succeeded"
     assert view["output"] == {"value": 1}

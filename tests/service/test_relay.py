@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import amqp
 import eventlet
 import psycopg
 import pytest
@@ -35,28 +34,11 @@ from autostep.messages import StepMessage
 from autostep.models import Outbox
 from autostep.outbox import SHARDS, OutboxWriter
 from autostep.relay import MEMBER_LOCK, Claim, Relay
-from autostep.settings import Settings, amqp_params, libpq_dsn
-from autostep.topology import EVENTS_EXCHANGE, declare_base, step_queue_name
+from autostep.settings import Settings, libpq_dsn
+from autostep.topology import EVENTS_EXCHANGE, step_queue_name
+from tests.helpers import Tap
 
 ROWS = 12
-
-
-class Tap:
-    """A queue bound to ``routing_key`` on an exchange: what a consumer would get."""
-
-    def __init__(self, amqp_uri: str, exchange: str, routing_key: str) -> None:
-        self.connection = amqp.Connection(**amqp_params(amqp_uri))
-        self.connection.connect()
-        self.channel = self.connection.channel()
-        declare_base(self.channel)
-        self.queue, _, _ = self.channel.queue_declare("", exclusive=True)
-        self.channel.queue_bind(self.queue, exchange, routing_key)
-
-    def message_ids(self) -> list[str]:
-        ids = []
-        while (message := self.channel.basic_get(self.queue, no_ack=True)) is not None:
-            ids.append(message.properties["message_id"])
-        return ids
 
 
 @pytest.fixture
@@ -67,9 +49,9 @@ def kind() -> str:
 
 @pytest.fixture
 def tap(amqp_uri: str, kind: str) -> Iterator[Tap]:
-    consumer = Tap(amqp_uri, EVENTS_EXCHANGE, kind)
+    consumer = Tap(amqp_uri, [(EVENTS_EXCHANGE, kind)])
     yield consumer
-    consumer.connection.close()
+    consumer.close()
 
 
 @pytest.fixture
@@ -201,8 +183,7 @@ def test_a_nacked_row_stays_and_is_published_after_a_backoff(
     shard = 17
     ids = _add_rows(session_factory, _job_in(shard), kind, count=2)
     # A queue that refuses every message makes the broker nack the publish.
-    trap = Tap(amqp_uri, EVENTS_EXCHANGE, "#")
-    trap.channel.queue_delete(trap.queue)
+    trap = Tap(amqp_uri, [])
     refusing, _, _ = trap.channel.queue_declare(
         "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
     )
@@ -214,7 +195,7 @@ def test_a_nacked_row_stays_and_is_published_after_a_backoff(
     relay.settle(first, nacked)
     held_back = relay.claim()  # released with a backoff: not due yet
     trap.channel.queue_delete(refusing)
-    trap.connection.close()
+    trap.close()
     eventlet.sleep(2.1)
     second = relay.claim()
     relay.settle(second, relay.publish(second))
@@ -247,7 +228,7 @@ def test_a_returned_step_message_stays_and_is_published_into_its_queue_declared_
     first = step_row()
     claim = relay.claim()
     relay.settle(claim, relay.publish(claim))  # declares the function's queue
-    admin = Tap(amqp_uri, EVENTS_EXCHANGE, "none")
+    admin = Tap(amqp_uri, [])
     admin.channel.queue_delete(step_queue_name(function))  # someone deletes it
     second = step_row()
     claim = relay.claim()
@@ -256,8 +237,8 @@ def test_a_returned_step_message_stays_and_is_published_into_its_queue_declared_
     eventlet.sleep(2.1)
     claim = relay.claim()
     relay.settle(claim, relay.publish(claim))
-    queued = admin.channel.queue_declare(step_queue_name(function), passive=True).message_count
-    admin.connection.close()
+    queued = admin.messages_in(step_queue_name(function))
+    admin.close()
 
     assert _left(session_factory, [first]) == []
     assert {str(i) for i in returned.failed} == {second}

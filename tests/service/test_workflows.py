@@ -7,20 +7,9 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.models import Process
-from autostep.runs import start_job
-
-
-def _publish(session_factory: Any, project: str, definition: dict[str, Any]) -> None:
-    with unit_of_work(session_factory) as session:
-        publish_workflow(session, project, definition)
-
-
-def _start(session_factory: Any, project: str, name: str, data: dict[str, Any]) -> uuid.UUID:
-    with unit_of_work(session_factory) as session:
-        return start_job(session, project, name, data).id
+from tests.helpers import publish, start
 
 
 def _effects(session_factory: Any, job_id: uuid.UUID | str) -> list[tuple[str, int]]:
@@ -46,8 +35,8 @@ def _chain(name: str, length: int) -> dict[str, Any]:
 def test_linear_workflow_runs_every_step_once_in_order(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
-    _publish(session_factory, project, _chain("linear", 5))
-    job_id = _start(session_factory, project, "linear", {"value": 10})
+    publish(session_factory, project, _chain("linear", 5))
+    job_id = start(session_factory, project, "linear", {"value": 10})
 
     view = wait_for_job(job_id)
 
@@ -82,9 +71,9 @@ def test_condition_chooses_between_two_branches(
             {"name": "small", "function": "t_add", "config": {"amount": -100}},
         ],
     }
-    _publish(session_factory, project, definition)
-    big = _start(session_factory, project, "branching", {"value": 50, "threshold": 10})
-    small = _start(session_factory, project, "branching", {"value": 1, "threshold": 10})
+    publish(session_factory, project, definition)
+    big = start(session_factory, project, "branching", {"value": 50, "threshold": 10})
+    small = start(session_factory, project, "branching", {"value": 1, "threshold": 10})
 
     big_view, small_view = wait_for_job(big), wait_for_job(small)
 
@@ -114,8 +103,8 @@ def test_fan_out_runs_one_process_per_item_and_joins(
             },
         ],
     }
-    _publish(session_factory, project, definition)
-    job_id = _start(session_factory, project, "fanout", {"numbers": [10, 20, 30, 40]})
+    publish(session_factory, project, definition)
+    job_id = start(session_factory, project, "fanout", {"numbers": [10, 20, 30, 40]})
 
     view = wait_for_job(job_id)
 
@@ -139,10 +128,10 @@ def test_retries_then_success_and_retries_then_failure(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
     definition = {"name": "flaky", "steps": [{"name": "try", "function": "t_flaky"}]}
-    _publish(session_factory, project, definition)
-    recovers = _start(session_factory, project, "flaky", {"fail_times": 2})
-    gives_up = _start(session_factory, project, "flaky", {"fail_times": 5})
-    refused = _start(session_factory, project, "flaky", {"permanent": True})
+    publish(session_factory, project, definition)
+    recovers = start(session_factory, project, "flaky", {"fail_times": 2})
+    gives_up = start(session_factory, project, "flaky", {"fail_times": 5})
+    refused = start(session_factory, project, "flaky", {"permanent": True})
 
     ok, failed, permanent = map(wait_for_job, (recovers, gives_up, refused))
 
@@ -175,8 +164,8 @@ def test_a_failed_fan_out_child_fails_its_parent_and_the_job(
             {"name": "after", "function": "t_add"},
         ],
     }
-    _publish(session_factory, project, definition)
-    job_id = _start(session_factory, project, "fanfail", {"items": [{}, {"permanent": True}, {}]})
+    publish(session_factory, project, definition)
+    job_id = start(session_factory, project, "fanfail", {"items": [{}, {"permanent": True}, {}]})
 
     view = wait_for_job(job_id)
 
@@ -190,10 +179,10 @@ def test_a_failed_fan_out_child_fails_its_parent_and_the_job(
 def test_workflow_edited_while_a_run_is_in_flight_keeps_its_version(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
-    _publish(session_factory, project, _chain("edited", 3))
-    old_job = _start(session_factory, project, "edited", {"value": 0})
+    publish(session_factory, project, _chain("edited", 3))
+    old_job = start(session_factory, project, "edited", {"value": 0})
     # publish v2 (one step, a different amount) while v1's job is running
-    _publish(
+    publish(
         session_factory,
         project,
         {
@@ -201,7 +190,7 @@ def test_workflow_edited_while_a_run_is_in_flight_keeps_its_version(
             "steps": [{"name": "only", "function": "t_add", "config": {"amount": 7}}],
         },
     )
-    new_job = _start(session_factory, project, "edited", {"value": 0})
+    new_job = start(session_factory, project, "edited", {"value": 0})
 
     old_view, new_view = wait_for_job(old_job), wait_for_job(new_job)
 
@@ -220,8 +209,8 @@ def test_a_slow_step_is_shown_running_while_it_runs(
     from autostep.queries import follow_job
 
     definition = {"name": "slow", "steps": [{"name": "nap", "function": "delay"}]}
-    _publish(session_factory, project, definition)
-    job_id = _start(session_factory, project, "slow", {"seconds": 1.5})
+    publish(session_factory, project, definition)
+    job_id = start(session_factory, project, "slow", {"seconds": 1.5})
     views = list(follow_job(session_factory, job_id, interval=0.02, timeout=30))
     seen = {view["processes"][0]["status"] for view in views}
 
@@ -237,9 +226,9 @@ def test_a_step_over_its_timeout_is_retried_then_fails_without_effects(
     session_factory: Any, project: str, relay: Any, functions: Any, wait_for_job: Any
 ) -> None:
     definition = {"name": "sleepy", "steps": [{"name": "nap", "function": "t_sleepy"}]}
-    _publish(session_factory, project, definition)
-    slow = _start(session_factory, project, "sleepy", {"seconds": 2.0})
-    quick = _start(session_factory, project, "sleepy", {"seconds": 0.01})
+    publish(session_factory, project, definition)
+    slow = start(session_factory, project, "sleepy", {"seconds": 2.0})
+    quick = start(session_factory, project, "sleepy", {"seconds": 0.01})
 
     slow_view, quick_view = wait_for_job(slow), wait_for_job(quick)
 

@@ -1,0 +1,63 @@
+"""Helpers the test tiers share: publishing and starting workflows, and a tap queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import amqp
+
+from autostep.catalog import publish_workflow
+from autostep.db import unit_of_work
+from autostep.runs import start_job
+from autostep.settings import amqp_params
+from autostep.topology import declare_base
+
+
+def publish(session_factory: Any, project: str, definition: dict[str, Any]) -> None:
+    """Publish ``definition`` as the next version of its workflow in ``project``."""
+    with unit_of_work(session_factory) as session:
+        publish_workflow(session, project, definition)
+
+
+def start(session_factory: Any, project: str, workflow: str, data: dict[str, Any]) -> uuid.UUID:
+    """Start a run of ``workflow`` with input ``data``; its job id."""
+    with unit_of_work(session_factory) as session:
+        return start_job(session, project, workflow, data).id
+
+
+class Tap:
+    """A queue of the test's own, bound next to the consumers' queues.
+
+    It receives a copy of every message published with one of ``bindings``
+    ((exchange, routing key) pairs), duplicates included, and takes nothing
+    from the consumers: what a consumer would see, in the order it would.
+    """
+
+    def __init__(self, amqp_uri: str, bindings: Iterable[tuple[str, str]]) -> None:
+        self.connection = amqp.Connection(**amqp_params(amqp_uri))
+        self.connection.connect()
+        self.channel = self.connection.channel()
+        declare_base(self.channel)
+        self.queue, _, _ = self.channel.queue_declare("", exclusive=True)
+        for exchange, routing_key in bindings:
+            self.channel.queue_bind(self.queue, exchange, routing_key)
+
+    def messages(self) -> list[amqp.Message]:
+        """The messages received since the last call, in arrival order."""
+        received = []
+        while (message := self.channel.basic_get(self.queue, no_ack=True)) is not None:
+            received.append(message)
+        return received
+
+    def message_ids(self) -> list[str]:
+        """The AMQP ``message_id`` of each message received since the last call."""
+        return [message.properties["message_id"] for message in self.messages()]
+
+    def messages_in(self, queue: str) -> int:
+        """Ready messages in another ``queue`` (a passive declare)."""
+        return int(self.channel.queue_declare(queue, passive=True).message_count)
+
+    def close(self) -> None:
+        self.connection.close()

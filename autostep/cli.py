@@ -134,7 +134,8 @@ def _functions_run(args: argparse.Namespace) -> int:
             try:
                 found.extend(services_for(module).values())
             except (ImportError, NotFoundError) as exc:
-                raise SystemExit(f"autostep: error: MODULE {module!r}: {exc}") from exc
+                print(f"autostep: error: MODULE {module!r}: {exc}", file=sys.stderr)
+                raise SystemExit(2) from exc
         return found
 
     return _serve("functions", services)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep.catalog import get_workflow
 from autostep.events import job_event, process_event
 from autostep.exceptions import JobStillRunning, NotFoundError
-from autostep.models import Job, JobStatus, Process, WorkflowVersion
+from autostep.models import Job, JobStatus, Process
 
 __all__ = ["follow_job", "job_view", "list_jobs", "wait_for_job", "workflow_view"]
 
@@ -34,15 +34,10 @@ def workflow_view(
     order they were defined, as a form or a graph shows them.
     """
     found = get_workflow(session, project, workflow)
-    numbers = [v.number for v in found.versions]
-    if not numbers:
+    by_number = {v.number: v for v in found.versions}
+    if not by_number:
         raise NotFoundError(f"workflow {workflow!r} has no version")
-    number = max(numbers) if version is None else version
-    row = session.scalar(
-        select(WorkflowVersion).where(
-            WorkflowVersion.workflow_id == found.id, WorkflowVersion.number == number
-        )
-    )
+    row = by_number.get(max(by_number) if version is None else version)
     if row is None:
         raise NotFoundError(f"workflow {workflow!r} has no version {version}")
     transitions: dict[str, list[dict[str, Any]]] = {}
@@ -69,7 +64,7 @@ def workflow_view(
         "id": str(found.id),
         "name": found.name,
         "description": found.description,
-        "versions": sorted(numbers),
+        "versions": sorted(by_number),
         "version": {"id": str(row.id), "number": row.number, "steps": steps},
     }
 

@@ -1,12 +1,14 @@
-"""The autostep schema, one module per service: catalog, runs, messaging."""
+"""The autostep schema, one module per service: catalog, runs, messaging, registry."""
 
 from autostep.models.base import Base
 from autostep.models.catalog import Project, Step, Transition, Workflow, WorkflowVersion
 from autostep.models.messaging import Inbox, Outbox
+from autostep.models.registry import FunctionRunner
 from autostep.models.runs import Job, JobStatus, Process, ProcessKind, ProcessStatus
 
 __all__ = [
     "Base",
+    "FunctionRunner",
     "Inbox",
     "Job",
     "JobStatus",

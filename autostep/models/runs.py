@@ -29,6 +29,8 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: Someone cancelled the job before it ended.
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
@@ -40,7 +42,7 @@ class ProcessStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    #: The job failed elsewhere before this process could finish.
+    #: The job failed elsewhere, or was cancelled, before this process could finish.
     CANCELLED = "cancelled"
 
     @property
@@ -72,6 +74,10 @@ class Job(Base):
     input: Mapped[dict[str, Any]]
     output: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
+    #: The job this one reruns from its failed step, if it is a rerun.
+    rerun_of: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    #: Steps entered so far (fan-out children not counted), against the step budget.
+    steps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = created_at_column()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -100,6 +106,8 @@ class Process(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Fan-out parents: children not finished yet.
     pending: Mapped[int | None] = mapped_column(Integer)
+    #: In a rerun: the original job's process whose committed output this one reuses.
+    reused_from: Mapped[uuid.UUID | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = created_at_column()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

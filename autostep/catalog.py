@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from autostep.definitions import (
+    DEFAULT_MAX_STEPS,
     StepDefinition,
     TransitionDefinition,
     WorkflowDefinition,
@@ -46,9 +47,15 @@ class CompiledVersion:
     number: int
     start_step: str
     steps: dict[str, StepDefinition]
+    #: Steps a job of this version may enter before it fails (a runaway loop).
+    max_steps: int = DEFAULT_MAX_STEPS
 
     def step(self, name: str) -> StepDefinition:
         return self.steps[name]
+
+    def field(self, name: str) -> str:
+        """Where step ``name`` is in the definition, e.g. ``steps[1]``, for error messages."""
+        return f"steps[{list(self.steps).index(name)}]"
 
     def transitions(self, source: str) -> list[TransitionDefinition]:
         return self.steps[source].next
@@ -167,7 +174,9 @@ def load_version(session: Session, version_id: uuid.UUID) -> CompiledVersion:
         raise NotFoundError(f"no workflow version {version_id}")
     definition = WorkflowDefinition.model_validate(row.definition)
     steps = {step.name: step for step in definition.steps}
-    compiled = CompiledVersion(row.id, row.workflow_id, row.number, row.start_step, steps)
+    compiled = CompiledVersion(
+        row.id, row.workflow_id, row.number, row.start_step, steps, definition.max_steps
+    )
     _VERSIONS[version_id] = compiled
     return compiled
 

@@ -2,8 +2,9 @@
 
 ``autostep db upgrade`` migrates; ``autostep relay``, ``autostep functions run
 MODULE`` and ``autostep gateway run`` start the long-running processes;
-``autostep project create``, ``autostep workflow publish``, ``autostep run
-start|status [--follow]`` manage workflows and runs against the database;
+``autostep project create|list``, ``autostep workflow publish|list``,
+``autostep run start|status|list|cancel|rerun`` manage workflows and runs
+against the database;
 ``autostep dev`` starts a whole local platform with a demo workflow.
 It is the one module allowed to import the service packages.
 """
@@ -68,12 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     p_create.add_argument("name")
     p_create.add_argument("--description", default="")
     p_create.set_defaults(handler=_project_create)
+    p_list = project.add_parser("list", help="list the projects")
+    p_list.set_defaults(handler=_project_list)
 
     workflow = sub.add_parser("workflow", help="workflows").add_subparsers(metavar="ACTION")
     w_pub = workflow.add_parser("publish", help="publish a definition file as a new version")
     w_pub.add_argument("project")
     w_pub.add_argument("file", type=Path, help="a .yaml or .json workflow definition")
     w_pub.set_defaults(handler=_workflow_publish)
+    w_list = workflow.add_parser("list", help="list a project's workflows")
+    w_list.add_argument("project")
+    w_list.set_defaults(handler=_workflow_list)
 
     run = sub.add_parser("run", help="runs (jobs)").add_subparsers(metavar="ACTION")
     r_start = run.add_parser("start", help="start a run of a workflow")
@@ -88,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
     r_status.add_argument("--follow", action="store_true", help="draw progress until it ends")
     r_status.add_argument("--json", action="store_true", help="print the job as JSON")
     r_status.set_defaults(handler=_run_status)
+    r_list = run.add_parser("list", help="list the newest runs")
+    r_list.add_argument("--project", help="with --workflow: only that workflow's runs")
+    r_list.add_argument("--workflow", help="only this workflow's runs (needs --project)")
+    r_list.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    r_list.set_defaults(handler=_run_list)
+    r_cancel = run.add_parser("cancel", help="cancel a run (a finished run stays as it is)")
+    r_cancel.add_argument("job_id")
+    r_cancel.set_defaults(handler=_run_cancel)
+    r_rerun = run.add_parser(
+        "rerun", help="run a failed or cancelled run again from where it stopped"
+    )
+    r_rerun.add_argument("job_id")
+    r_rerun.add_argument("--follow", action="store_true", help="draw progress until it ends")
+    r_rerun.set_defaults(handler=_run_rerun)
 
     dev = sub.add_parser("dev", help="run relay, functions and gateway locally, plus a demo")
     dev.add_argument("--no-demo", action="store_true", help="do not start the demo run")
@@ -187,6 +207,32 @@ def _project_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project_list(args: argparse.Namespace) -> int:
+    from autostep.db import unit_of_work
+    from autostep.queries import list_projects
+
+    with unit_of_work(_session_factory()) as session:
+        projects = list_projects(session)
+    _table(
+        ["NAME", "WORKFLOWS", "CREATED"],
+        [[p["name"], str(p["workflows"]), p["created_at"][:19]] for p in projects],
+    )
+    return 0
+
+
+def _workflow_list(args: argparse.Namespace) -> int:
+    from autostep.db import unit_of_work
+    from autostep.queries import list_workflows
+
+    with unit_of_work(_session_factory()) as session:
+        workflows = list_workflows(session, args.project)
+    _table(
+        ["NAME", "VERSION", "CREATED"],
+        [[w["name"], str(w["version"]), w["created_at"][:19]] for w in workflows],
+    )
+    return 0
+
+
 def _workflow_publish(args: argparse.Namespace) -> int:
     from autostep.catalog import publish_workflow
     from autostep.db import unit_of_work
@@ -249,6 +295,58 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0 if view["status"] != "failed" else 1
 
 
+def _run_list(args: argparse.Namespace) -> int:
+    from autostep.catalog import get_workflow
+    from autostep.db import unit_of_work
+    from autostep.queries import list_jobs
+
+    if (args.project is None) != (args.workflow is None):
+        raise SystemExit("autostep: error: --project and --workflow go together")
+    with unit_of_work(_session_factory()) as session:
+        workflow_id = None
+        if args.workflow is not None:
+            workflow_id = get_workflow(session, args.project, args.workflow).id
+        jobs = list_jobs(session, workflow_id, limit=args.limit)
+    _table(
+        ["RUN", "WORKFLOW", "STATUS", "TRIGGER", "CREATED"],
+        [[j["id"], j["workflow"], j["status"], j["trigger"], j["created_at"][:19]] for j in jobs],
+    )
+    return 0
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    from autostep.db import unit_of_work
+    from autostep.runs import cancel_job
+
+    with unit_of_work(_session_factory()) as session:
+        job = cancel_job(session, args.job_id)
+        print(f"job {job.id}  {job.status}")
+    return 0
+
+
+def _run_rerun(args: argparse.Namespace) -> int:
+    from autostep.db import unit_of_work
+    from autostep.runs import rerun_job
+
+    factory = _session_factory()
+    with unit_of_work(factory) as session:
+        job = rerun_job(session, args.job_id, trigger="cli")
+        job_id = job.id
+    print(job_id)
+    if args.follow:
+        return _follow(factory, str(job_id))
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Print ``rows`` in aligned columns under ``header``."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
 def _follow(factory: Any, job_id: str) -> int:
     """Redraw the job whenever it changes, until it finishes."""
     from autostep.queries import follow_job
@@ -275,14 +373,18 @@ _MARK = {
 
 
 def _render(view: dict[str, Any]) -> str:
-    lines = [f"job {view['id']}  {view['status']}"]
+    rerun = f"  (rerun of {view['rerun_of']})" if view.get("rerun_of") else ""
+    lines = [f"job {view['id']}  {view['status']}{rerun}"]
     for process in view["processes"]:
         indent = "    " if process["parent_id"] else "  "
         item = f"[{process['item_index']}]" if process["item_index"] is not None else ""
         attempt = f" attempt {process['attempt']}" if process["attempt"] > 1 else ""
         error = f"  {process['error']}" if process["error"] else ""
+        reused = " (reused)" if process.get("reused_from") else ""
         mark = _MARK.get(process["status"], "?")
-        lines.append(f"{indent}{mark} {process['step']}{item} {process['status']}{attempt}{error}")
+        lines.append(
+            f"{indent}{mark} {process['step']}{item} {process['status']}{reused}{attempt}{error}"
+        )
     if view["status"] == "succeeded":
         lines.append(f"output: {json.dumps(view['output'])}")
     elif view["error"]:

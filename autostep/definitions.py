@@ -33,7 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autostep.conditions import compile_expression
 from autostep.exceptions import DefinitionError
 
-__all__ = ["StepDefinition", "TransitionDefinition", "WorkflowDefinition", "parse_definition"]
+__all__ = [
+    "DEFAULT_MAX_STEPS",
+    "StepDefinition",
+    "TransitionDefinition",
+    "WorkflowDefinition",
+    "parse_definition",
+]
+
+#: Steps a job may enter unless its workflow sets ``max_steps``.
+DEFAULT_MAX_STEPS = 10_000
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$")
 
@@ -85,6 +94,8 @@ class WorkflowDefinition(BaseModel):
     name: str
     description: str = ""
     start: str | None = None
+    #: Steps a job may enter (fan-out children and retries not counted) before it fails.
+    max_steps: int = Field(default=DEFAULT_MAX_STEPS, ge=1, le=1_000_000)
     steps: list[StepDefinition] = Field(min_length=1)
 
     _name = field_validator("name")(_check_name)

@@ -17,12 +17,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.catalog import get_workflow
+from autostep.catalog import get_project, get_workflow
 from autostep.events import job_event, process_event
 from autostep.exceptions import JobStillRunning, NotFoundError
-from autostep.models import Job, JobStatus, Process
+from autostep.models import Job, JobStatus, Process, Project, Workflow, WorkflowVersion
 
-__all__ = ["follow_job", "job_view", "list_jobs", "wait_for_job", "workflow_view"]
+__all__ = [
+    "follow_job",
+    "job_view",
+    "list_jobs",
+    "list_projects",
+    "list_workflows",
+    "wait_for_job",
+    "workflow_view",
+]
 
 
 def workflow_view(
@@ -90,13 +98,59 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
 def list_jobs(
     session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """The newest jobs, of one workflow if given."""
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    """The newest jobs, of one workflow if given, each with its workflow's name."""
+    query = (
+        select(Job, Workflow.name)
+        .join(Workflow, Workflow.id == Job.workflow_id)
+        .order_by(Job.created_at.desc())
+        .limit(limit)
+    )
     if workflow_id is not None:
         query = query.where(Job.workflow_id == workflow_id)
     return [
-        {**job_event(job), "created_at": job.created_at.isoformat()}
-        for job in session.scalars(query)
+        {**job_event(job), "workflow": name, "created_at": job.created_at.isoformat()}
+        for job, name in session.execute(query)
+    ]
+
+
+def list_projects(session: Session) -> list[dict[str, Any]]:
+    """Every project, by name, with how many workflows it has."""
+    count = (
+        select(func.count(Workflow.id)).where(Workflow.project_id == Project.id).scalar_subquery()
+    )
+    rows = session.execute(select(Project, count).order_by(Project.name)).all()
+    return [
+        {
+            "id": str(project.id),
+            "name": project.name,
+            "description": project.description,
+            "workflows": workflows,
+            "created_at": project.created_at.isoformat(),
+        }
+        for project, workflows in rows
+    ]
+
+
+def list_workflows(session: Session, project: str | uuid.UUID) -> list[dict[str, Any]]:
+    """The workflows of ``project``, by name, with their newest version number."""
+    owner = get_project(session, project)
+    newest = (
+        select(func.max(WorkflowVersion.number))
+        .where(WorkflowVersion.workflow_id == Workflow.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Workflow, newest).where(Workflow.project_id == owner.id).order_by(Workflow.name)
+    ).all()
+    return [
+        {
+            "id": str(workflow.id),
+            "name": workflow.name,
+            "description": workflow.description,
+            "version": number,
+            "created_at": workflow.created_at.isoformat(),
+        }
+        for workflow, number in rows
     ]
 
 

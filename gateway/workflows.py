@@ -65,6 +65,28 @@ class WorkflowsService:
             return job_event(job)
 
     @expected
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a running job; a finished one is returned as it is."""
+        with unit_of_work(self.db) as session:
+            return job_event(runs.cancel_job(session, job_id))
+
+    @expected
+    def rerun_job(self, job_id: str) -> dict[str, Any]:
+        """A new job that goes on where a failed or cancelled job stopped."""
+        with unit_of_work(self.db) as session:
+            return job_event(runs.rerun_job(session, job_id, trigger="rpc"))
+
+    @expected
+    def list_projects(self) -> list[dict[str, Any]]:
+        with unit_of_work(self.db) as session:
+            return queries.list_projects(session)
+
+    @expected
+    def list_workflows(self, project: str) -> list[dict[str, Any]]:
+        with unit_of_work(self.db) as session:
+            return queries.list_workflows(session, project)
+
+    @expected
     def get_workflow(
         self, project: str, workflow: str, version: int | None = None
     ) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``test_effect`` rows are written in the step's transaction, so they count
 the effects that committed. ``test_call`` rows are written on a connection of
 their own, outside it, so they count every call, rolled back or not. A
-``test_gate`` row opens the gate of that name for ``t_gate``.
+``test_gate`` row opens the gate of that name for ``t_gated``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Gate(BaseModel):
     value: int = 0
 
 
-@function(name="t_gate", retries=0)
+@function(name="t_gated", retries=0)
 def gate(inp: Gate, ctx: StepContext) -> Number:
     """Fails for good while the gate ``gate`` is closed; else records ``value`` and passes it on."""
     opened = ctx.session.execute(

@@ -197,7 +197,7 @@ def test_rerun_reuses_the_steps_that_succeeded_and_runs_the_failed_one(
                 {"name": "a", "function": "t_add", "next": [{"to": "b"}]},
                 {
                     "name": "b",
-                    "function": "t_gate",
+                    "function": "t_gated",
                     "config": {"gate": gate},
                     "next": [{"to": "c"}],
                 },
@@ -240,7 +240,7 @@ def test_rerun_of_a_fan_out_runs_only_the_children_that_did_not_succeed(
             "steps": [
                 {
                     "name": "each",
-                    "function": "t_gate",
+                    "function": "t_gated",
                     "for_each": "input.items",
                     "input": {"gate": "item.gate", "value": "item.value"},
                 }

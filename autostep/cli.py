@@ -292,7 +292,7 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(view, indent=2))
     else:
         print(_render(view))
-    return 0 if view["status"] != "failed" else 1
+    return 0 if view["status"] in ("succeeded", "running") else 1
 
 
 def _run_list(args: argparse.Namespace) -> int:

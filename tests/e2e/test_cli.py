@@ -11,9 +11,7 @@ change nothing.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,9 @@ from sqlalchemy import func, select
 
 from autostep.db import unit_of_work
 from autostep.models import Job, Workflow
-from tests.e2e.conftest import REPO_ROOT, ManagedProcess, autostep_command
+from tests.e2e.conftest import Cli, ManagedProcess
 
 pytestmark = pytest.mark.e2e
-
-#: Seconds one CLI command may take (``--follow`` waits for the whole run).
-CLI_TIMEOUT = 90.0
 
 FIBO_WORKFLOW = """\
 name: fib
@@ -60,35 +55,6 @@ steps:
   - name: done
     function: noop
 """
-
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-@pytest.fixture
-def cli(process_env: dict[str, str]) -> Cli:
-    """Runs ``autostep ARGS...`` to completion; returns exit code and output."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            autostep_command(*args),
-            cwd=REPO_ROOT,
-            env=process_env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    return run
-
-
-@pytest.fixture
-def project(cli: Cli) -> str:
-    """A project created with ``autostep project create``."""
-    name = f"cli-{uuid.uuid4().hex[:8]}"
-    created = cli("project", "create", name, "--description", "e2e")
-    assert created.returncode == 0, created.stderr
-    uuid.UUID(created.stdout.strip())  # prints the new project's id
-    return name
 
 
 def _write(tmp_path: Path, name: str, content: str) -> Path:

@@ -1,0 +1,151 @@
+"""Limits and checks on what callers send, applied before any SQL runs.
+
+The boundaries (the ``workflows`` RPC service, the CLI) validate their
+arguments with :func:`checked_arguments`, from the types declared here; the
+core functions they call (:func:`autostep.catalog.create_project`,
+:func:`autostep.queries.list_jobs`, :func:`autostep.runs.start_job`) check the
+same values again with :func:`check`, so a bad value is refused with an
+:class:`~autostep.exceptions.InvalidInput` naming its field, whoever calls,
+and nothing is half-written. Field paths have one style everywhere:
+``steps[1].next[0].when`` (:func:`field_path`).
+
+Payloads (a job's input, a step's output) are limited to
+``AUTOSTEP_MAX_PAYLOAD_BYTES`` (1 MiB by default), measured as compact JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
+
+from autostep.exceptions import InvalidInput
+from autostep.settings import get_settings
+
+__all__ = [
+    "NAME_PATTERN",
+    "Description",
+    "JobInput",
+    "Limit",
+    "Name",
+    "Reference",
+    "check",
+    "check_payload",
+    "checked_arguments",
+    "field_path",
+    "invalid_input",
+    "payload_size",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Names of projects, workflows and steps: a letter or ``_`` first, then
+#: letters, digits, ``_`` and ``-``; 100 characters at most.
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
+
+#: The name of a project, workflow or step.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+#: A free-text description.
+Description = Annotated[str, StringConstraints(max_length=2000)]
+#: Something looked up by name or id (a project, a workflow, a job).
+Reference = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+#: How many rows a listing returns.
+Limit = Annotated[int, Field(strict=True, ge=1, le=500)]
+#: A job's input: a JSON object.
+JobInput = dict[str, Any]
+
+_NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and - (at most 100)"
+
+
+def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
+    """``("steps", 1, "next", 0, "when")`` as ``steps[1].next[0].when``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def invalid_input(
+    exc: ValidationError, prefix: str = "", kind: type[InvalidInput] = InvalidInput
+) -> InvalidInput:
+    """The first error of ``exc`` as an :class:`InvalidInput` (or ``kind``) naming its field."""
+    error = exc.errors(include_url=False)[0]
+    message = error["msg"]
+    if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == NAME_PATTERN:
+        message = _NAME_RULE
+    field = field_path(error["loc"], prefix) or prefix or "input"
+    return kind(message, field=field)
+
+
+@functools.lru_cache(maxsize=64)
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def check(annotation: Any, value: Any, *, field: str) -> Any:
+    """``value`` validated as ``annotation``, or :class:`InvalidInput` naming ``field``."""
+    try:
+        return _adapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise invalid_input(exc, field) from None
+
+
+def checked_arguments(func: F) -> F:
+    """Validate a call's arguments against ``func``'s annotations first.
+
+    For entrypoints (RPC methods): a bad argument raises
+    :class:`InvalidInput` naming the parameter (``input``, ``limit``) or a
+    path inside it, before the body runs. Unannotated parameters and ``Any``
+    pass as they are.
+    """
+    signature = inspect.signature(func)
+    hints = get_type_hints(func, include_extras=True)
+    checked = {
+        name: _adapter(hints[name])
+        for name in signature.parameters
+        if name in hints and hints[name] is not Any
+    }
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        for name, adapter in checked.items():
+            if name in bound.arguments:
+                try:
+                    bound.arguments[name] = adapter.validate_python(bound.arguments[name])
+                except ValidationError as exc:
+                    raise invalid_input(exc, name) from None
+        return func(*bound.args, **bound.kwargs)
+
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    return call  # type: ignore[return-value]
+
+
+def payload_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON."""
+    return len(to_json(value))
+
+
+def check_payload(value: Any, *, field: str) -> int:
+    """Refuse ``value`` when it is larger than ``max_payload_bytes`` as JSON.
+
+    Returns its size; :class:`InvalidInput` naming ``field`` and both sizes
+    when it is too big or not JSON at all.
+    """
+    try:
+        size = payload_size(value)
+    except PydanticSerializationError as exc:
+        raise InvalidInput(f"is not JSON data: {exc}", field=field) from None
+    limit = get_settings().max_payload_bytes
+    if size > limit:
+        raise InvalidInput(
+            f"is {size} bytes as JSON, more than the limit of {limit} bytes", field=field
+        )
+    return size

@@ -178,6 +178,7 @@ def test_an_expression_reading_a_variable_that_does_not_exist_there_is_refused(
         {"for_each": "prev.items", "input": {"n": "item.n", "i": "index", "p": "prev.k"}},
         {"for_each": "input.items.filter(x, x > 0)"},
         {"for_each": "input.items.map(x, {'x': x, 'y': input.x})"},
+        {"input": {"s": "input.l.map(x, ')' + x)"}},
     ],
 )
 def test_expressions_over_the_variables_that_exist_and_macro_variables_are_accepted(

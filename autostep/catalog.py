@@ -25,6 +25,7 @@ from autostep.definitions import (
 )
 from autostep.exceptions import ConflictError, NotFoundError
 from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.validation import Description, Name, check
 
 __all__ = [
     "CompiledVersion",
@@ -58,7 +59,12 @@ _VERSIONS: dict[uuid.UUID, CompiledVersion] = {}
 
 
 def create_project(session: Session, name: str, description: str = "") -> Project:
-    """A new project; :class:`ConflictError` if the name is taken."""
+    """A new project; :class:`ConflictError` if the name is taken.
+
+    A bad name or description is refused (:class:`InvalidInput`) before any SQL.
+    """
+    name = check(Name, name, field="name")
+    description = check(Description, description, field="description")
     project = Project(name=name, description=description)
     try:
         with session.begin_nested():

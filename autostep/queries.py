@@ -21,6 +21,7 @@ from autostep.catalog import get_workflow
 from autostep.events import job_event, process_event
 from autostep.exceptions import JobStillRunning, NotFoundError
 from autostep.models import Job, JobStatus, Process
+from autostep.validation import Limit, check
 
 __all__ = ["follow_job", "job_view", "list_jobs", "wait_for_job", "workflow_view"]
 
@@ -90,7 +91,8 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
 def list_jobs(
     session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """The newest jobs, of one workflow if given."""
+    """The newest ``limit`` jobs (1 to 500), of one workflow if given."""
+    limit = check(Limit, limit, field="limit")
     query = select(Job).order_by(Job.created_at.desc()).limit(limit)
     if workflow_id is not None:
         query = query.where(Job.workflow_id == workflow_id)

@@ -38,6 +38,7 @@ from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
+from autostep.validation import JobInput, check
 
 __all__ = [
     "claim_step",
@@ -58,6 +59,7 @@ def start_job(
     version: int | None = None,
 ) -> Job:
     """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    input = check(JobInput, input, field="input")
     wf = get_workflow(session, project, workflow)
     row = latest_version(session, wf.id)
     if version is not None and version != row.number:

@@ -20,8 +20,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar, get_type_hints
 
-from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic import Field, PlainValidator, StringConstraints, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
 
 from autostep.exceptions import InvalidInput
 from autostep.settings import get_settings
@@ -45,20 +45,52 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Names of projects, workflows and steps: a letter or ``_`` first, then
 #: letters, digits, ``_`` and ``-``; 100 characters at most.
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
 #: The name of a project, workflow or step.
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 #: A free-text description.
 Description = Annotated[str, StringConstraints(max_length=2000)]
 #: Something looked up by name or id (a project, a workflow, a job).
 Reference = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 #: How many rows a listing returns.
 Limit = Annotated[int, Field(strict=True, ge=1, le=500)]
-#: A job's input: a JSON object.
-JobInput = dict[str, Any]
 
-_NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and - (at most 100)"
+_NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and -"
+
+
+def _json_object_within_limit(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "json_object", "must be a JSON object, not {kind}", {"kind": _json_kind(value)}
+        )
+    try:
+        size = payload_size(value)
+    except PydanticSerializationError as exc:
+        raise PydanticCustomError(
+            "json", "is not JSON data: {error}", {"error": str(exc)}
+        ) from None
+    limit = get_settings().max_payload_bytes
+    if size > limit:
+        raise PydanticCustomError(
+            "payload_too_large",
+            "is {size} bytes as JSON, more than the limit of {limit} bytes",
+            {"size": size, "limit": limit},
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return kinds.get(type(value), type(value).__name__)
+
+
+#: A job's input: a JSON object of at most ``max_payload_bytes``.
+JobInput = Annotated[dict[str, Any], PlainValidator(_json_object_within_limit)]
 
 
 def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -133,19 +165,14 @@ def payload_size(value: Any) -> int:
     return len(to_json(value))
 
 
-def check_payload(value: Any, *, field: str) -> int:
+def check_payload(value: Any, *, field: str) -> None:
     """Refuse ``value`` when it is larger than ``max_payload_bytes`` as JSON.
 
-    Returns its size; :class:`InvalidInput` naming ``field`` and both sizes
-    when it is too big or not JSON at all.
+    :class:`InvalidInput` naming ``field`` and both sizes.
     """
-    try:
-        size = payload_size(value)
-    except PydanticSerializationError as exc:
-        raise InvalidInput(f"is not JSON data: {exc}", field=field) from None
+    size = payload_size(value)
     limit = get_settings().max_payload_bytes
     if size > limit:
         raise InvalidInput(
             f"is {size} bytes as JSON, more than the limit of {limit} bytes", field=field
         )
-    return size

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,17 +25,10 @@ from autostep.validation import (
 
 
 @pytest.fixture
-def payload_limit_100() -> Iterator[int]:
-    """``AUTOSTEP_MAX_PAYLOAD_BYTES=100`` for one test."""
-    saved = os.environ.get("AUTOSTEP_MAX_PAYLOAD_BYTES")
-    os.environ["AUTOSTEP_MAX_PAYLOAD_BYTES"] = "100"
-    get_settings.cache_clear()
-    yield 100
-    if saved is None:
-        del os.environ["AUTOSTEP_MAX_PAYLOAD_BYTES"]
-    else:
-        os.environ["AUTOSTEP_MAX_PAYLOAD_BYTES"] = saved
-    get_settings.cache_clear()
+def payload_limit_100(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A limit of 100 bytes for one test."""
+    monkeypatch.setattr(get_settings(), "max_payload_bytes", 100)
+    return 100
 
 
 def test_the_payload_limit_is_one_mebibyte_by_default() -> None:

@@ -25,7 +25,7 @@ from autostep.definitions import (
 )
 from autostep.exceptions import ConflictError, NotFoundError
 from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
-from autostep.validation import Description, Name, check
+from autostep.validation import Description, Name, check, check_payload
 
 __all__ = [
     "CompiledVersion",
@@ -95,8 +95,11 @@ def publish_workflow(
     """Validate ``definition`` and store it as the workflow's next version.
 
     Creates the workflow on its first version. Raises
-    :class:`~autostep.exceptions.DefinitionError` naming the bad field.
+    :class:`~autostep.exceptions.DefinitionError` naming the bad field, and
+    :class:`~autostep.exceptions.InvalidInput` for a definition larger than
+    ``max_payload_bytes`` as JSON.
     """
+    check_payload(definition, field="definition")
     parsed = parse_definition(definition)
     owner = get_project(session, project)
     workflow = session.scalar(

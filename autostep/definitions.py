@@ -96,13 +96,13 @@ class WorkflowDefinition(BaseModel):
 def parse_definition(data: dict[str, Any]) -> WorkflowDefinition:
     """Validate ``data`` completely, compiling every expression.
 
-    Raises :class:`DefinitionError` whose ``field`` is a dotted path such as
+    Raises :class:`DefinitionError` whose ``field`` is a path such as
     ``steps[1].next[0].when``.
     """
     try:
         definition = WorkflowDefinition.model_validate(data)
     except ValidationError as exc:
-        raise invalid_input(exc, kind=DefinitionError) from None
+        raise invalid_input(exc, kind=DefinitionError, whole="definition") from None
     _check_graph(definition)
     _check_expressions(definition)
     _check_endless_loops(definition)

@@ -105,14 +105,21 @@ def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
 
 
 def invalid_input(
-    exc: ValidationError, prefix: str = "", kind: type[InvalidInput] = InvalidInput
+    exc: ValidationError,
+    prefix: str = "",
+    kind: type[InvalidInput] = InvalidInput,
+    whole: str = "input",
 ) -> InvalidInput:
-    """The first error of ``exc`` as an :class:`InvalidInput` (or ``kind``) naming its field."""
+    """The first error of ``exc`` as an :class:`InvalidInput` (or ``kind``) naming its field.
+
+    ``prefix`` goes before the error's path; ``whole`` names the value when
+    the error is about all of it.
+    """
     error = exc.errors(include_url=False)[0]
     message = error["msg"]
     if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == NAME_PATTERN:
         message = _NAME_RULE
-    field = field_path(error["loc"], prefix) or prefix or "input"
+    field = field_path(error["loc"], prefix) or whole
     return kind(message, field=field)
 
 

@@ -134,7 +134,7 @@ class ConditionsService:
 
     name = "conditions"
 
-    @rpc
+    @expected
     def test(self, expression: str, sample: dict[str, Any]) -> dict[str, Any]:
         """Compile ``expression`` and evaluate it over ``sample``.
 

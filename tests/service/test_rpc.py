@@ -16,6 +16,7 @@ from autostep.gateway.workflows import ConditionsService, WorkflowsService
 from autostep.models import Job, Project, Workflow
 from autostep.nameko_runtime import log_expected_errors_in_one_line, nameko_config
 from autostep.settings import get_settings
+from autostep.validation import payload_size
 
 FIBO = {
     "name": "fib",
@@ -151,6 +152,10 @@ def test_bad_arguments_are_refused_naming_the_field_and_nothing_is_written(
         "version: Input should be greater than or equal to 1": lambda: rpc.workflows.get_workflow(
             "rpc-limits", "fib", 0
         ),
+        f"definition: is {payload_size(FIBO)} bytes as JSON, more than the limit of 100 bytes": (
+            lambda: rpc.workflows.publish_workflow("rpc-limits", FIBO)
+        ),
+        "expression: Input should be a valid string": lambda: rpc.conditions.test(1, {}),
         "steps[0].name: String should have at least 1 character": lambda: (
             rpc.workflows.publish_workflow("rpc-limits", {"name": "w", "steps": [{"name": ""}]})
         ),

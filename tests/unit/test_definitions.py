@@ -68,6 +68,12 @@ def test_an_empty_workflow_is_rejected() -> None:
     assert caught.value.field == "steps"
 
 
+def test_a_definition_that_is_not_a_mapping_is_named_as_a_whole() -> None:
+    with pytest.raises(DefinitionError) as caught:
+        parse_definition([{"name": "wf"}])  # type: ignore[arg-type]
+    assert caught.value.field == "definition"
+
+
 def test_try_expression_reports_results_and_errors() -> None:
     sample = {"output": {"status": 200, "items": [1, 2, 3]}, "input": {"min": 2}}
     assert try_expression("output.status == 200 && size(output.items) > input.min", sample) == {

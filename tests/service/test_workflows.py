@@ -254,10 +254,10 @@ def test_a_step_output_over_the_payload_limit_fails_the_step_without_retries(
     wait_for_job: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(get_settings(), "max_payload_bytes", 100)
     pad = {"pad": "x" * 99}
     padded = {"name": "s", "function": "noop", "retries": 3, "backoff": 0, "config": pad}
     publish(session_factory, project, {"name": "big", "steps": [padded]})
+    monkeypatch.setattr(get_settings(), "max_payload_bytes", 100)
     # The run's input fits (7 bytes); noop returns it with the pad: 115 bytes.
     job_id = start(session_factory, project, "big", {"n": 1})
 

@@ -33,6 +33,7 @@ __all__ = [
     "Limit",
     "Name",
     "Reference",
+    "VersionNumber",
     "check",
     "check_payload",
     "checked_arguments",
@@ -53,6 +54,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NA
 Description = Annotated[str, StringConstraints(max_length=2000)]
 #: Something looked up by name or id (a project, a workflow, a job).
 Reference = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+#: A workflow version number.
+VersionNumber = Annotated[int, Field(strict=True, ge=1)]
 #: How many rows a listing returns.
 Limit = Annotated[int, Field(strict=True, ge=1, le=500)]
 

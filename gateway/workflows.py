@@ -19,10 +19,9 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from nameko.rpc import rpc
-from pydantic import Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import catalog, queries, runs
@@ -31,14 +30,19 @@ from autostep.db import unit_of_work
 from autostep.dependencies import Database
 from autostep.events import job_event
 from autostep.exceptions import AutostepError, InternalError
-from autostep.validation import Description, JobInput, Limit, Name, Reference, checked_arguments
+from autostep.validation import (
+    Description,
+    JobInput,
+    Limit,
+    Name,
+    Reference,
+    VersionNumber,
+    checked_arguments,
+)
 
-__all__ = ["ConditionsService", "WorkflowsService", "expected"]
+__all__ = ["ConditionsService", "WorkflowsService"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: A workflow version number.
-VersionNumber = Annotated[int, Field(strict=True, ge=1)]
 
 _log = logging.getLogger(__name__)
 

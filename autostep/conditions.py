@@ -2,8 +2,10 @@
 
 The condition service as a library (conditions decide which step comes
 next, and users try them before saving): expressions are compiled
-when a workflow version is saved (a bad one is rejected there, naming the
-step or transition) and evaluated by the engine after each step. CEL is
+when a workflow version is saved (a bad one, or one reading a variable that
+does not exist where it is used, is rejected there, naming the step or
+transition: :func:`check_variables`) and evaluated by the engine after each
+step. CEL is
 side-effect free and cannot reach the host, so no Python ``eval`` is ever
 used on user text. The ``conditions`` RPC in the gateway wraps
 :func:`try_expression` so a client can test an expression on a sample.

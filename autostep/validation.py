@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar, get_type_hints
 
@@ -39,6 +40,7 @@ __all__ = [
     "checked_arguments",
     "field_path",
     "invalid_input",
+    "payload_problem",
     "payload_size",
 ]
 
@@ -59,6 +61,9 @@ VersionNumber = Annotated[int, Field(strict=True, ge=1)]
 #: How many rows a listing returns.
 Limit = Annotated[int, Field(strict=True, ge=1, le=500)]
 
+#: ``\u0000`` in JSON text that is an escaped NUL (not an escaped backslash before ``u0000``).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
 _NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and -"
 
 
@@ -67,19 +72,9 @@ def _json_object_within_limit(value: Any) -> dict[str, Any]:
         raise PydanticCustomError(
             "json_object", "must be a JSON object, not {kind}", {"kind": _json_kind(value)}
         )
-    try:
-        size = payload_size(value)
-    except PydanticSerializationError as exc:
-        raise PydanticCustomError(
-            "json", "is not JSON data: {error}", {"error": str(exc)}
-        ) from None
-    limit = get_settings().max_payload_bytes
-    if size > limit:
-        raise PydanticCustomError(
-            "payload_too_large",
-            "is {size} bytes as JSON, more than the limit of {limit} bytes",
-            {"size": size, "limit": limit},
-        )
+    problem = payload_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("payload", "{problem}", {"problem": problem})
     return value
 
 
@@ -175,14 +170,29 @@ def payload_size(value: Any) -> int:
     return len(to_json(value))
 
 
-def check_payload(value: Any, *, field: str) -> None:
-    """Refuse ``value`` when it is larger than ``max_payload_bytes`` as JSON.
+def payload_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as a payload (a job's input, a step's output), or None.
 
-    :class:`InvalidInput` naming ``field`` and both sizes.
+    It is larger than ``max_payload_bytes`` as compact JSON, or not JSON
+    data, or holds what PostgreSQL's ``jsonb`` refuses: a NaN or infinite
+    number, the character U+0000.
     """
-    size = payload_size(value)
+    try:
+        data = to_json(value)
+    except PydanticSerializationError as exc:
+        return f"is not JSON data: {exc}"
     limit = get_settings().max_payload_bytes
-    if size > limit:
-        raise InvalidInput(
-            f"is {size} bytes as JSON, more than the limit of {limit} bytes", field=field
-        )
+    if len(data) > limit:
+        return f"is {len(data)} bytes as JSON, more than the limit of {limit} bytes"
+    if (b"NaN" in data or b"Infinity" in data) and data != to_json(value, inf_nan_mode="null"):
+        return "holds a NaN or infinite number, which JSON cannot store"
+    if b"\\u0000" in data and _ESCAPED_NUL.search(data):
+        return "holds the character U+0000, which PostgreSQL cannot store"
+    return None
+
+
+def check_payload(value: Any, *, field: str) -> None:
+    """Refuse ``value`` as :func:`payload_problem` does: :class:`InvalidInput` naming ``field``."""
+    problem = payload_problem(value)
+    if problem is not None:
+        raise InvalidInput(problem, field=field)

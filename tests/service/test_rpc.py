@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from nameko.exceptions import RemoteError
 from nameko.standalone.rpc import ClusterRpcClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
+from autostep import queries
 from autostep.db import unit_of_work
 from autostep.gateway.workflows import ConditionsService, WorkflowsService
 from autostep.models import Job, Project, Workflow
@@ -156,6 +158,9 @@ def test_bad_arguments_are_refused_naming_the_field_and_nothing_is_written(
             lambda: rpc.workflows.publish_workflow("rpc-limits", FIBO)
         ),
         "expression: Input should be a valid string": lambda: rpc.conditions.test(1, {}),
+        "input: holds the character U+0000, which PostgreSQL cannot store": lambda: (
+            rpc.workflows.start_job("rpc-limits", "fib", {"s": "a\u0000b"})
+        ),
         "steps[0].name: String should have at least 1 character": lambda: (
             rpc.workflows.publish_workflow("rpc-limits", {"name": "w", "steps": [{"name": ""}]})
         ),
@@ -169,26 +174,27 @@ def test_bad_arguments_are_refused_naming_the_field_and_nothing_is_written(
 
 
 def test_an_unexpected_database_error_reaches_the_caller_as_a_short_error_logged_once(
-    rpc: Any, caplog: pytest.LogCaptureFixture
+    rpc: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rpc.workflows.create_project("rpc-internal")
-    # PostgreSQL's jsonb cannot store a NUL character: a database error
-    # that no check before the INSERT foresees.
-    nul = {**FIBO, "steps": [{"name": "a", "function": "noop", "config": {"s": "a\u0000b"}}]}
+    def broken_listing(session: Session, **_: Any) -> list[dict[str, Any]]:
+        """A listing with a bug: PostgreSQL refuses its statement."""
+        return [dict(row._mapping) for row in session.execute(text("SELECT 1 / 0 AS oops"))]
+
+    monkeypatch.setattr(queries, "list_jobs", broken_listing)
 
     with caplog.at_level(logging.WARNING), pytest.raises(RemoteError) as failed:
-        rpc.workflows.publish_workflow("rpc-internal", nul)
+        rpc.workflows.list_jobs()
 
     assert failed.value.exc_type == "InternalError"
     message = failed.value.value
-    assert message.startswith("publish_workflow failed unexpectedly; the server logged it as [")
-    assert "INSERT" not in message and "Traceback" not in message
+    assert message.startswith("list_jobs failed unexpectedly; the server logged it as [")
+    assert "SELECT" not in message and "division" not in message
     reference = message[message.index("[") : message.index("]") + 1]
     # Logged in full once (traceback and statement), and once more in one line by nameko.
     mentions = [r for r in caplog.records if reference in r.getMessage()]
     assert [r.name for r in mentions] == ["autostep.gateway.workflows", "nameko.containers"]
     assert [r.exc_info is not None for r in mentions] == [True, False]
-    assert "INSERT INTO workflow_version" in caplog.text
+    assert "division by zero" in caplog.text and "SELECT 1 / 0" in caplog.text
 
 
 def test_a_caller_error_is_logged_in_one_line_by_the_server(

@@ -84,6 +84,29 @@ def test_a_job_input_over_the_limit_is_refused_with_both_sizes(payload_limit_100
     assert str(caught.value) == "input: is 101 bytes as JSON, more than the limit of 100 bytes"
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"s": "a\x00b"}, "holds the character U+0000, which PostgreSQL cannot store"),
+        ({"s": ["\\\x00"]}, "holds the character U+0000, which PostgreSQL cannot store"),
+        ({"n": float("nan")}, "holds a NaN or infinite number, which JSON cannot store"),
+        ({"n": [float("-inf")]}, "holds a NaN or infinite number, which JSON cannot store"),
+        ({"o": object()}, "is not JSON data: Unable to serialize unknown type: <class 'object'>"),
+    ],
+)
+def test_a_job_input_postgresql_cannot_store_is_refused_naming_why(
+    value: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check(JobInput, value, field="input")
+    assert str(caught.value) == f"input: {problem}"
+
+
+def test_text_that_only_looks_like_what_postgresql_refuses_passes() -> None:
+    looks_alike = {"escaped": "\\u0000", "words": "NaN Infinity", "n": 1.5}
+    assert check(JobInput, looks_alike, field="input") == looks_alike
+
+
 def test_payload_size_is_compact_utf8_json() -> None:
     assert payload_size({"a": [1, 2], "b": "é"}) == len('{"a":[1,2],"b":"é"}'.encode())
 

@@ -9,8 +9,9 @@ same values again with :func:`check`, so a bad value is refused with an
 and nothing is half-written. Field paths have one style everywhere:
 ``steps[1].next[0].when`` (:func:`field_path`).
 
-Payloads (a job's input, a step's output) are limited to
-``AUTOSTEP_MAX_PAYLOAD_BYTES`` (1 MiB by default), measured as compact JSON.
+Payloads (a job's input, a step's output, a workflow definition) are limited
+to ``AUTOSTEP_MAX_PAYLOAD_BYTES`` (1 MiB by default), measured as compact
+JSON, and may not hold what PostgreSQL's ``jsonb`` refuses (U+0000, NaN).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from autostep.definitions import (
 )
 from autostep.exceptions import ConflictError, NotFoundError
 from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.validation import Description, Name, check, check_payload
 
 __all__ = [
     "CompiledVersion",
@@ -65,7 +66,12 @@ _VERSIONS: dict[uuid.UUID, CompiledVersion] = {}
 
 
 def create_project(session: Session, name: str, description: str = "") -> Project:
-    """A new project; :class:`ConflictError` if the name is taken."""
+    """A new project; :class:`ConflictError` if the name is taken.
+
+    A bad name or description is refused (:class:`InvalidInput`) before any SQL.
+    """
+    name = check(Name, name, field="name")
+    description = check(Description, description, field="description")
     project = Project(name=name, description=description)
     try:
         with session.begin_nested():
@@ -96,8 +102,11 @@ def publish_workflow(
     """Validate ``definition`` and store it as the workflow's next version.
 
     Creates the workflow on its first version. Raises
-    :class:`~autostep.exceptions.DefinitionError` naming the bad field.
+    :class:`~autostep.exceptions.DefinitionError` naming the bad field, and
+    :class:`~autostep.exceptions.InvalidInput` for a definition larger than
+    ``max_payload_bytes`` as JSON.
     """
+    check_payload(definition, field="definition")
     parsed = parse_definition(definition)
     owner = get_project(session, project)
     workflow = session.scalar(

@@ -7,18 +7,25 @@ MODULE`` and ``autostep gateway run`` start the long-running processes;
 against the database;
 ``autostep dev`` starts a whole local platform with a demo workflow.
 It is the one module allowed to import the service packages.
+
+Exit codes: 0 done, 1 failed (a failed run, a missing workflow), 2 a usage
+error (a bad flag, argument, input or file), named in one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
+
+#: Exit code of a usage error: a bad flag, argument, input or file.
+USAGE_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +40,53 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from autostep.exceptions import AutostepError
+        from autostep.exceptions import AutostepError, InvalidInput
 
         if isinstance(exc, AutostepError):
             print(f"autostep: error: {exc}", file=sys.stderr)
-            return 1
+            return USAGE_ERROR if isinstance(exc, InvalidInput) else 1
         raise
 
 
+def _usage_error(message: str) -> NoReturn:
+    """Stop with ``message`` on one line of stderr and exit code 2."""
+    print(f"autostep: error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+#: reStructuredText in docstrings: ``literal``, :role:`~a.b.target`, `text`.
+_RST_LITERAL = re.compile(r"``(.+?)``")
+_RST_ROLE = re.compile(r":[a-z:]+:`~?([^`<]+?)(?:\s*<[^`]*>)?`")
+_RST_TEXT = re.compile(r"`([^`]+)`_{0,2}")
+
+
+def _plain(text: str) -> str:
+    """``text`` without reStructuredText markup, as a terminal shows it."""
+    text = _RST_LITERAL.sub(r"\1", text)
+    text = _RST_ROLE.sub(lambda found: found.group(1).split(".")[-1], text)
+    return _RST_TEXT.sub(r"\1", text).replace("::\n", ":\n")
+
+
+class _PlainHelpFormatter(argparse.HelpFormatter):
+    """Help whose descriptions and help texts are plain text (they come from docstrings)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_plain(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _plain(super()._expand_help(action))
+
+
+class _Parser(argparse.ArgumentParser):
+    """The CLI's parsers (subcommands included): plain-text help, exit code 2 on errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _PlainHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autostep", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="autostep", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(metavar="COMMAND")
 
     db = sub.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
@@ -85,7 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     r_start = run.add_parser("start", help="start a run of a workflow")
     r_start.add_argument("project")
     r_start.add_argument("workflow")
-    r_start.add_argument("--input", default="{}", help="the run's input as a JSON object")
+    r_start.add_argument(
+        "--input",
+        default="{}",
+        help="the run's input: a JSON object, @FILE to read it from FILE, or - from stdin",
+    )
     r_start.add_argument("--version", type=int, help="a version number (default: newest)")
     r_start.add_argument("--follow", action="store_true", help="draw progress until it ends")
     r_start.set_defaults(handler=_run_start)
@@ -200,7 +248,10 @@ def _session_factory() -> Any:
 def _project_create(args: argparse.Namespace) -> int:
     from autostep.catalog import create_project
     from autostep.db import unit_of_work
+    from autostep.validation import Description, Name, check
 
+    check(Name, args.name, field="name")
+    check(Description, args.description, field="--description")
     with unit_of_work(_session_factory()) as session:
         project = create_project(session, args.name, args.description)
         print(project.id)
@@ -245,28 +296,72 @@ def _workflow_publish(args: argparse.Namespace) -> int:
 
 
 def _load_definition(path: Path) -> dict[str, Any]:
+    """The definition in ``path`` (YAML, or JSON for ``.json``); usage errors name the spot."""
     import yaml
 
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise SystemExit(f"autostep: error: FILE {path}: {exc.strerror}") from exc
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        _usage_error(f"FILE {path}: {exc.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(raw.decode("utf-8", "replace"), exc.start)
+        _usage_error(f"FILE {path}: line {line}, column {column}: not UTF-8 text")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        _usage_error(f"FILE {path}: line {exc.lineno}, column {exc.colno}: {exc.msg}")
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        _usage_error(f"FILE {path}: {where}{exc.problem or exc.context}")
+    except yaml.reader.ReaderError as exc:
+        line, column = _position(text, exc.position)
+        reason = str(exc).splitlines()[0]
+        _usage_error(f"FILE {path}: line {line}, column {column}: {reason}")
+    except yaml.YAMLError as exc:
+        _usage_error(f"FILE {path}: {str(exc).splitlines()[0]}")
     if not isinstance(data, dict):
-        raise SystemExit(f"autostep: error: FILE {path}: a definition is a mapping")
+        _usage_error(f"FILE {path}: a definition is a mapping")
     return data
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """Line and column (from 1) of character ``offset`` of ``text``."""
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
+def _read_input(value: str) -> dict[str, Any]:
+    """``--input``: inline JSON, ``@FILE`` or ``-`` (stdin), which must be a JSON object."""
+    from autostep.validation import JobInput, check
+
+    if value == "-":
+        text, source = sys.stdin.read(), "--input -"
+    elif value.startswith("@"):
+        source = f"--input {value}"
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            _usage_error(f"{source}: {exc.strerror}")
+        except UnicodeDecodeError:
+            _usage_error(f"{source}: not UTF-8 text")
+    else:
+        text, source = value, "--input"
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _usage_error(f"{source}: not JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}")
+    checked: dict[str, Any] = check(JobInput, payload, field=source)
+    return checked
 
 
 def _run_start(args: argparse.Namespace) -> int:
     from autostep.db import unit_of_work
     from autostep.runs import start_job
 
-    try:
-        payload = json.loads(args.input)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"autostep: error: --input is not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise SystemExit("autostep: error: --input must be a JSON object")
+    payload = _read_input(args.input)
     factory = _session_factory()
     with unit_of_work(factory) as session:
         job = start_job(

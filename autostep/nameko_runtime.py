@@ -4,10 +4,13 @@ What ``nameko run`` does, for ``autostep functions run`` and
 ``autostep gateway run``: eventlet must already be monkey-patched (the CLI
 does it first thing), then psycopg is made cooperative, nameko's config is
 filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
+:func:`log_expected_errors_in_one_line` keeps nameko from logging a
+traceback for errors that are the caller's (a missing job, a bad name).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +20,35 @@ from nameko import config
 from nameko.runners import ServiceRunner
 
 from autostep.cooperative import make_psycopg_cooperative
+from autostep.exceptions import ConflictError, InternalError, InvalidInput, NotFoundError
 from autostep.settings import get_settings
 
-__all__ = ["nameko_config", "run_services"]
+__all__ = ["log_expected_errors_in_one_line", "nameko_config", "run_services"]
+
+#: Errors an entrypoint raises for its caller: logged in one line, no traceback.
+#: (:class:`InternalError` is logged in full where it is raised.)
+ONE_LINE_ERRORS = (NotFoundError, ConflictError, InvalidInput, InternalError)
+
+
+class _OneLineExpectedErrors(logging.Filter):
+    """Drops the traceback from nameko's log record of an expected caller error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ONE_LINE_ERRORS):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def log_expected_errors_in_one_line() -> None:
+    """Make nameko log :data:`ONE_LINE_ERRORS` of entrypoints in one line (idempotent).
+
+    nameko logs an entrypoint's expected exception as a warning with its
+    traceback (``nameko.containers``); unexpected ones keep theirs.
+    """
+    logger = logging.getLogger("nameko.containers")
+    if not any(isinstance(found, _OneLineExpectedErrors) for found in logger.filters):
+        logger.addFilter(_OneLineExpectedErrors())
 
 
 def nameko_config() -> dict[str, Any]:
@@ -36,6 +65,7 @@ def nameko_config() -> dict[str, Any]:
 def run_services(services: list[type], on_started: Callable[[], None] | None = None) -> None:
     """Serve ``services`` until the process is told to stop."""
     make_psycopg_cooperative()
+    log_expected_errors_in_one_line()
     config.update(nameko_config())
     runner = ServiceRunner()
     for service in services:

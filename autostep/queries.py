@@ -21,6 +21,7 @@ from autostep.catalog import get_project, get_workflow
 from autostep.events import job_event, process_event
 from autostep.exceptions import JobStillRunning, NotFoundError
 from autostep.models import Job, JobStatus, Process, Project, Workflow, WorkflowVersion
+from autostep.validation import Limit, check
 
 __all__ = [
     "follow_job",
@@ -98,7 +99,8 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
 def list_jobs(
     session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """The newest jobs, of one workflow if given, each with its workflow's name."""
+    """The newest ``limit`` jobs (1 to 500), of one workflow if given, with its workflow's name."""
+    limit = check(Limit, limit, field="limit")
     query = (
         select(Job, Workflow.name)
         .join(Workflow, Workflow.id == Job.workflow_id)

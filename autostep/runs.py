@@ -48,6 +48,7 @@ from autostep.exceptions import ConflictError, NotFoundError, PermanentError, St
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter, withdraw_steps
+from autostep.validation import JobInput, check
 
 __all__ = [
     "cancel_job",
@@ -74,6 +75,7 @@ def start_job(
     version: int | None = None,
 ) -> Job:
     """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    input = check(JobInput, input, field="input")
     wf = get_workflow(session, project, workflow)
     row = latest_version(session, wf.id)
     if version is not None and version != row.number:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     running_mark_seconds: float = 0.5
     #: Runner: deliveries of one message before RabbitMQ dead-letters it.
     delivery_limit: int = 10
+    #: Largest job input or step output, in bytes of compact JSON.
+    max_payload_bytes: int = 1048576
 
 
 @lru_cache(maxsize=1)

@@ -5,11 +5,21 @@ workflows, start runs and read them. Thin: each entrypoint opens a unit of
 work and delegates to :mod:`autostep.catalog`, :mod:`autostep.runs` or
 :mod:`autostep.queries`; errors travel as autostep exceptions, which nameko
 hands to the caller as ``RemoteError`` with the exception's type name.
+
+Every entrypoint is declared with :func:`expected`: its arguments are checked
+against their annotations (the types of :mod:`autostep.validation`) before a
+transaction opens, and anything unexpected (a database error, a bug) is
+logged here in full and reaches the caller as a short ``InternalError`` with
+a reference to that log line, never as SQL text or a traceback.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from nameko.rpc import rpc
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,11 +29,51 @@ from autostep.conditions import try_expression
 from autostep.db import unit_of_work
 from autostep.dependencies import Database
 from autostep.events import job_event
-from autostep.exceptions import AutostepError
+from autostep.exceptions import AutostepError, InternalError
+from autostep.validation import (
+    Description,
+    JobInput,
+    Limit,
+    Name,
+    Reference,
+    VersionNumber,
+    checked_arguments,
+)
 
 __all__ = ["ConditionsService", "WorkflowsService"]
 
-expected = rpc(expected_exceptions=AutostepError)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_log = logging.getLogger(__name__)
+
+
+def expected(method: F) -> F:
+    """An RPC entrypoint that checks its arguments and hides unexpected errors.
+
+    Arguments are validated against ``method``'s annotations first
+    (:class:`~autostep.exceptions.InvalidInput` naming the argument). Autostep
+    errors reach the caller as they are; any other error is logged here with
+    its traceback and becomes an :class:`~autostep.exceptions.InternalError`
+    that names only a reference to that log line.
+    """
+    checked = checked_arguments(method)
+
+    @functools.wraps(checked)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return checked(*args, **kwargs)
+        except AutostepError:
+            raise
+        except Exception as exc:
+            reference = uuid.uuid4().hex[:12]
+            _log.exception("%s failed unexpectedly [%s]", method.__name__, reference)
+            raise InternalError(
+                f"{method.__name__} failed unexpectedly; the server logged it as [{reference}]"
+            ) from exc
+
+    call.__signature__ = checked.__signature__  # type: ignore[attr-defined]
+    entrypoint: F = rpc(expected_exceptions=AutostepError)(call)
+    return entrypoint
 
 
 class WorkflowsService:
@@ -33,13 +83,13 @@ class WorkflowsService:
     db: sessionmaker[Session] = Database()
 
     @expected
-    def create_project(self, name: str, description: str = "") -> dict[str, Any]:
+    def create_project(self, name: Name, description: Description = "") -> dict[str, Any]:
         with unit_of_work(self.db) as session:
             project = catalog.create_project(session, name, description)
             return {"id": str(project.id), "name": project.name}
 
     @expected
-    def publish_workflow(self, project: str, definition: dict[str, Any]) -> dict[str, Any]:
+    def publish_workflow(self, project: Reference, definition: dict[str, Any]) -> dict[str, Any]:
         """Store ``definition`` as the next version of its workflow."""
         with unit_of_work(self.db) as session:
             version = catalog.publish_workflow(session, project, definition)
@@ -52,10 +102,10 @@ class WorkflowsService:
     @expected
     def start_job(
         self,
-        project: str,
-        workflow: str,
-        input: dict[str, Any] | None = None,
-        version: int | None = None,
+        project: Reference,
+        workflow: Reference,
+        input: JobInput | None = None,
+        version: VersionNumber | None = None,
     ) -> dict[str, Any]:
         """Start a run; returns the job (it runs on after this returns)."""
         with unit_of_work(self.db) as session:
@@ -88,19 +138,19 @@ class WorkflowsService:
 
     @expected
     def get_workflow(
-        self, project: str, workflow: str, version: int | None = None
+        self, project: Reference, workflow: Reference, version: VersionNumber | None = None
     ) -> dict[str, Any]:
         """The workflow, its versions, and one version's steps (the newest by default)."""
         with unit_of_work(self.db) as session:
             return queries.workflow_view(session, project, workflow, version)
 
     @expected
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: Reference) -> dict[str, Any]:
         with unit_of_work(self.db) as session:
             return queries.job_view(session, job_id)
 
     @expected
-    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(self, limit: Limit = 50) -> list[dict[str, Any]]:
         with unit_of_work(self.db) as session:
             return queries.list_jobs(session, limit=limit)
 
@@ -110,7 +160,7 @@ class ConditionsService:
 
     name = "conditions"
 
-    @rpc
+    @expected
     def test(self, expression: str, sample: dict[str, Any]) -> dict[str, Any]:
         """Compile ``expression`` and evaluate it over ``sample``.
 

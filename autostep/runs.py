@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from autostep import inbox
+from autostep import inbox, registry
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
@@ -245,11 +245,12 @@ def _enter_step(
 
     ``prev`` is the output of the step before, None for the start step.
     """
+    waiting = registry.waiting_reason(session, step.function)
     if step.for_each is None:
         process = _new_process(job, step, _step_input(step, job.input, prev))
         session.add(process)
         session.flush()
-        out.event("process.updated", process.id, process_event(process))
+        out.event("process.updated", process.id, process_event(process, waiting))
         out.step(_step_message(process, job, version))
         return
     variables = {"input": job.input, "prev": prev or {}}
@@ -278,7 +279,7 @@ def _enter_step(
     session.add_all(children)
     session.flush()
     for child in children:
-        out.event("process.updated", child.id, process_event(child))
+        out.event("process.updated", child.id, process_event(child, waiting))
         out.step(_step_message(child, job, version))
 
 

@@ -316,3 +316,30 @@ def _renamed(spec: Any, name: str) -> Any:
     from dataclasses import replace
 
     return replace(spec, name=name)
+
+
+def test_following_a_queued_step_shows_its_runner_going_away(
+    session_factory: Any, project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autostep import queries
+
+    monkeypatch.setattr(queries, "QUEUED_REREAD_SECONDS", 0.0)  # re-read at every poll
+    runner = f"going:{uuid.uuid4().hex}"
+    _register(session_factory, runner, "registry_label")
+    publish(
+        session_factory,
+        project,
+        {"name": "label", "steps": [{"name": "label", "function": "registry_label"}]},
+    )
+    job_id = start(session_factory, project, "label", {"parcel_id": 3})
+    views = queries.follow_job(session_factory, job_id, interval=0.02, timeout=20)
+
+    first = next(views)
+    _set_heartbeat_back(session_factory, 45, runner=runner)
+    second = next(views)  # nothing in the job changed; the registry did
+    views.close()
+
+    assert first["processes"][0]["waiting"] is None
+    assert second["processes"][0]["waiting"].startswith(
+        "no live runner for 'registry_label' (last seen 4"
+    )

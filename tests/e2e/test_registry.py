@@ -12,6 +12,7 @@ SIGKILL leaves them, and once they are older than the grace its steps read
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -101,8 +102,8 @@ def _registered(session_factory: Any, process: ManagedProcess, functions: set[st
     return rows
 
 
-def _first_lines_of_follow(process_env: dict[str, str], job_id: str, until: str) -> list[str]:
-    """What ``run status --follow`` prints until a line containing ``until``; then stop it."""
+def _first_frame_of_follow(process_env: dict[str, str], job_id: str, lines: int) -> list[str]:
+    """The first ``lines`` lines ``run status --follow`` prints; then it is stopped."""
     follow = subprocess.Popen(
         autostep_command("run", "status", job_id, "--follow"),
         cwd=REPO_ROOT,
@@ -111,17 +112,15 @@ def _first_lines_of_follow(process_env: dict[str, str], job_id: str, until: str)
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    lines: list[str] = []
+    silent = threading.Timer(CLI_TIMEOUT, follow.kill)  # prints nothing: end it, fail
+    silent.start()
     try:
         assert follow.stdout is not None
-        for line in follow.stdout:
-            lines.append(line.rstrip("\n"))
-            if until in line:
-                break
+        return [follow.stdout.readline().rstrip("\n") for _ in range(lines)]
     finally:
+        silent.cancel()
         follow.terminate()
         follow.wait(CLI_TIMEOUT)
-    return lines
 
 
 def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
@@ -138,7 +137,7 @@ def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
     _publish(cli, project, tmp_path, UNSERVED_FIRST)
     job_id = cli("run", "start", project, "unserved").stdout.strip()
     status = cli("run", "status", job_id)
-    followed = _first_lines_of_follow(process_env, job_id, until="waiting:")
+    followed = _first_frame_of_follow(process_env, job_id, lines=2)
 
     assert {"fibo", "noop", "http_request", "t_add", "t_flaky"} <= registered
     assert published.returncode == 0, published.stderr
@@ -152,7 +151,10 @@ def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
     assert fibo[1:3] == ["autostep.functions.builtins", "1"]
     assert status.returncode == 0, status.stderr
     assert "  · ship queued  waiting: no runner serves 'shipp'" in status.stdout.splitlines()
-    assert followed[-1] == "  · ship queued  waiting: no runner serves 'shipp'"
+    assert followed == [
+        f"job {job_id}  running",
+        "  · ship queued  waiting: no runner serves 'shipp'",
+    ]
 
     assert runner_process.terminate() == 0
     assert _rows_of(session_factory, runner_process) == set()

@@ -21,6 +21,7 @@ from typing import Any
 
 import eventlet
 from eventlet.event import Event
+from eventlet.semaphore import Semaphore
 from nameko import config
 from nameko.extensions import DependencyProvider
 from sqlalchemy import exc as sa_exc
@@ -73,6 +74,7 @@ class RunnerPresence:
         self.runner = registry.new_runner_id()
         self.factory = factory
         self.specs: dict[str, FunctionSpec] = {}
+        self._writing = Semaphore()
         self._stopping: Event | None = None
         self._beating: Any = None
 
@@ -85,27 +87,26 @@ class RunnerPresence:
             self._stopping = Event()
             self._beating = eventlet.spawn(self._beat_until_stopped, self._stopping)
 
-    def remove(self, spec: FunctionSpec, *, unregister: bool = True) -> None:
-        """Stop serving ``spec``; delete its row unless ``unregister`` is False (a crash)."""
+    def remove(self, spec: FunctionSpec) -> None:
+        """Stop serving ``spec``: no more heartbeats for it, and its row is deleted."""
         self.specs.pop(spec.name, None)
         if not self.specs and self._beating is not None:
             assert self._stopping is not None
             self._stopping.send(True)
             self._beating.wait()
             self._beating = self._stopping = None
-        if unregister:
-            self._write(
-                "unregister", lambda session: registry.unregister(session, self.runner, [spec.name])
-            )
+        self._write(
+            "unregister", lambda session: registry.unregister(session, self.runner, [spec.name])
+        )
 
     def beat(self) -> bool:
         """Refresh this runner's rows, registering again those that went missing.
 
         Returns whether it worked; a failure is logged in one line.
         """
-        specs = list(self.specs.values())
 
         def refresh(session: Session) -> None:
+            specs = list(self.specs.values())
             found = registry.heartbeat(session, self.runner, [spec.name for spec in specs])
             if found < len(specs):
                 registry.register(session, self.runner, specs)
@@ -120,7 +121,9 @@ class RunnerPresence:
     def _write(self, what: str, work: Any) -> bool:
         assert self.factory is not None
         try:
-            with unit_of_work(self.factory) as session:
+            # One write at a time: a beat that read the functions served
+            # cannot register one again after its removal deleted it.
+            with self._writing, unit_of_work(self.factory) as session:
                 work(session)
         except REGISTRY_OUTAGES as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -146,9 +149,10 @@ def runner_presence() -> RunnerPresence:
 class FunctionRegistration(DependencyProvider):
     """Keeps ``spec`` registered as served by this process while the service runs.
 
-    Registers on container start, unregisters on a clean stop. A killed
-    container (nameko kills on an unexpected error) leaves its row to go
-    stale, as a crashed process would: the function may not be served.
+    Registers on container start; unregisters when the container stops, or
+    is killed (nameko kills a container on an unexpected error): it no
+    longer serves the function. A process that dies without either leaves
+    its rows to go stale after the grace.
     """
 
     def __init__(self, spec: FunctionSpec) -> None:
@@ -166,7 +170,7 @@ class FunctionRegistration(DependencyProvider):
         runner_presence().remove(self.spec)
 
     def kill(self) -> None:
-        runner_presence().remove(self.spec, unregister=False)
+        runner_presence().remove(self.spec)
 
     def get_dependency(self, worker_ctx: Any) -> None:
         return None

@@ -127,18 +127,15 @@ def test_a_runner_registers_its_functions_with_schemas_and_removes_them_on_a_cle
         assert not SERVED_HERE & registry.live_functions(session)
 
 
-def test_a_killed_container_leaves_its_rows_and_stops_refreshing_them(
+def test_a_killed_container_no_longer_serves_its_function(
     registry_runner: Any, session_factory: Any
 ) -> None:
     runner = runner_presence().runner
 
     registry_runner.kill()
 
-    assert set(_rows(session_factory, runner)) == SERVED_HERE  # a crash cannot clean up
-    assert runner_presence().specs.keys().isdisjoint(SERVED_HERE)  # nor beat for them
-    _set_heartbeat_back(session_factory, 3600 * 2, runner=runner)  # gone for good
-    _register(session_factory, f"other:{uuid.uuid4().hex}", "registry_label")
-    assert _rows(session_factory, runner) == {}  # the next registration deleted them
+    assert _rows(session_factory, runner) == {}
+    assert runner_presence().specs.keys().isdisjoint(SERVED_HERE)  # no beats for them either
 
 
 def test_a_heartbeat_keeps_heartbeat_at_moving(session_factory: Any) -> None:
@@ -212,6 +209,8 @@ def test_a_runner_that_died_stops_being_live_after_the_grace(session_factory: An
     _set_heartbeat_back(session_factory, 600, runner=dead)
     with unit_of_work(session_factory) as session:
         long_ago = registry.waiting_reasons(session, ["registry_ship"])
+    _set_heartbeat_back(session_factory, registry.STALE_ROWS_KEPT_SECONDS + 60, runner=dead)
+    _register(session_factory, f"other:{uuid.uuid4().hex}", "registry_label")
 
     assert live_at_first and live_within_grace
     assert not live_after_grace
@@ -221,6 +220,7 @@ def test_a_runner_that_died_stops_being_live_after_the_grace(session_factory: An
     assert listed["live"] is False and listed["runners"] == []
     assert listed["input_schema"] == ParcelIn.model_json_schema()
     assert long_ago == {"registry_ship": "no runner serves 'registry_ship'"}
+    assert _rows(session_factory, dead) == {}  # the next registration deleted them
 
 
 def test_a_queued_step_of_an_unserved_function_says_what_it_waits_for(

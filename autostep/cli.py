@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
         "modules", nargs="+", metavar="MODULE", help="e.g. autostep.functions.builtins"
     )
     fn_run.set_defaults(handler=_functions_run)
+    fn_list = fn.add_parser("list", help="the functions that runners serve, from the registry")
+    fn_list.add_argument("--json", action="store_true", help="print them with schemas as JSON")
+    fn_list.set_defaults(handler=_functions_list)
 
     gw = sub.add_parser("gateway", help="the gateway").add_subparsers(metavar="ACTION")
     gw_run = gw.add_parser("run", help="serve the workflows and conditions RPC services")
@@ -292,6 +295,46 @@ def _workflow_publish(args: argparse.Namespace) -> int:
     with unit_of_work(_session_factory()) as session:
         version = publish_workflow(session, args.project, definition)
         print(f"published {definition.get('name')} version {version.number} ({version.id})")
+        _warn_unserved(session, version)
+    return 0
+
+
+def _warn_unserved(session: Any, version: Any) -> None:
+    """Warn about steps whose function no live runner serves (runners may start later)."""
+    from autostep.registry import unserved
+
+    for warning in unserved(session, version.definition):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _functions_list(args: argparse.Namespace) -> int:
+    from autostep.db import unit_of_work
+    from autostep.registry import list_functions
+
+    with unit_of_work(_session_factory()) as session:
+        listed = list_functions(session)
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    rows = [("FUNCTION", "MODULE", "RUNNERS", "LAST HEARTBEAT", "RETRY POLICY")]
+    for function in listed:
+        policy = function["policy"]
+        timeout = f"{policy['timeout']} s" if policy.get("timeout") is not None else "none"
+        rows.append(
+            (
+                function["name"],
+                function["module"],
+                str(len(function["runners"])),
+                f"{function['seconds_since_heartbeat']:.0f} s ago",
+                f"retries {policy['retries']}, backoff {policy['backoff']} s, timeout {timeout}",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        padded = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*padded, row[-1]]))
+    if not listed:
+        print("(no runner has registered a function)")
     return 0
 
 
@@ -476,6 +519,8 @@ def _render(view: dict[str, Any]) -> str:
         attempt = f" attempt {process['attempt']}" if process["attempt"] > 1 else ""
         error = f"  {process['error']}" if process["error"] else ""
         reused = " (reused)" if process.get("reused_from") else ""
+        if process.get("waiting"):
+            error += f"  waiting: {process['waiting']}"
         mark = _MARK.get(process["status"], "?")
         lines.append(
             f"{indent}{mark} {process['step']}{item} {process['status']}{reused}{attempt}{error}"

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from autostep import inbox
+from autostep import inbox, registry
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
@@ -370,11 +370,12 @@ def _enter_step(
         )
     job.steps += 1
     where = version.field(step.name)
+    waiting = registry.waiting_reason(session, step.function)
     if step.for_each is None:
         process = _new_process(job, step, _step_input(step, where, job.input, prev))
         session.add(process)
         session.flush()
-        out.event("process.updated", process.id, process_event(process))
+        out.event("process.updated", process.id, process_event(process, waiting))
         out.step(_step_message(process, job, version))
         return
     variables = {"input": job.input, "prev": prev or {}}
@@ -406,7 +407,7 @@ def _enter_step(
     session.add_all(children)
     session.flush()
     for child in children:
-        out.event("process.updated", child.id, process_event(child))
+        out.event("process.updated", child.id, process_event(child, waiting))
         out.step(_step_message(child, job, version))
 
 
@@ -541,11 +542,12 @@ def _enter_again(
     A fan-out keeps the children that succeeded (reused) and queues the others.
     """
     step = version.step(stopped.step)
+    waiting = registry.waiting_reason(session, step.function)
     if stopped.kind != ProcessKind.FANOUT:
         process = _new_process(job, step, stopped.input)
         session.add(process)
         session.flush()
-        out.event("process.updated", process.id, process_event(process))
+        out.event("process.updated", process.id, process_event(process, waiting))
         out.step(_step_message(process, job, version))
         return
     again = [child for child in children if child.status != ProcessStatus.SUCCEEDED]
@@ -569,7 +571,7 @@ def _enter_again(
     session.add_all([*kept, *queued])
     session.flush()
     for child in queued:
-        out.event("process.updated", child.id, process_event(child))
+        out.event("process.updated", child.id, process_event(child, waiting))
         out.step(_step_message(child, job, version))
     if not again:
         _join_finished(session, out, job, version, parent)

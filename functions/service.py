@@ -12,7 +12,9 @@
 
 Each service is named ``fn_<function>``, has the :class:`Database`
 dependency and one :class:`StepConsumer` entrypoint that delegates to
-:func:`autostep.functions.runner.run_step`.
+:func:`autostep.functions.runner.run_step`. Its :class:`FunctionRegistration`
+keeps the function in the function registry while the service runs, so
+publishing and queued steps can tell whether anyone serves it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.dependencies import Database
+from autostep.dependencies import Database, FunctionRegistration
 from autostep.exceptions import NotFoundError
 from autostep.functions.entrypoint import step_consumer
 from autostep.functions.runner import run_step
@@ -41,6 +43,7 @@ def service_for(spec: FunctionSpec) -> type:
     namespace = {
         "name": service_name,
         "db": Database(),
+        "registration": FunctionRegistration(spec),
         "handle": step_consumer(spec.name)(handle),
         "__doc__": f"Runs the step function {spec.name!r}.",
         "__module__": spec.func.__module__,

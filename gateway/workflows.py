@@ -3,7 +3,8 @@
 What ``nameko shell`` (and later the REST gateway) uses to manage projects and
 workflows, start runs and read them. Thin: each entrypoint opens a unit of
 work and delegates to :mod:`autostep.catalog`, :mod:`autostep.runs` or
-:mod:`autostep.queries`; errors travel as autostep exceptions, which nameko
+:mod:`autostep.queries` (and :mod:`autostep.registry`, the function registry);
+errors travel as autostep exceptions, which nameko
 hands to the caller as ``RemoteError`` with the exception's type name.
 
 Every entrypoint is declared with :func:`expected`: its arguments are checked
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from nameko.rpc import rpc
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import catalog, queries, runs
+from autostep import catalog, queries, registry, runs
 from autostep.conditions import try_expression
 from autostep.db import unit_of_work
 from autostep.dependencies import Database
@@ -90,13 +91,17 @@ class WorkflowsService:
 
     @expected
     def publish_workflow(self, project: Reference, definition: dict[str, Any]) -> dict[str, Any]:
-        """Store ``definition`` as the next version of its workflow."""
+        """Store ``definition`` as the next version of its workflow.
+
+        ``warnings`` names the steps whose function no live runner serves (yet).
+        """
         with unit_of_work(self.db) as session:
             version = catalog.publish_workflow(session, project, definition)
             return {
                 "workflow_id": str(version.workflow_id),
                 "version_id": str(version.id),
                 "number": version.number,
+                "warnings": registry.unserved(session, version.definition),
             }
 
     @expected
@@ -153,6 +158,12 @@ class WorkflowsService:
     def list_jobs(self, limit: Limit = 50) -> list[dict[str, Any]]:
         with unit_of_work(self.db) as session:
             return queries.list_jobs(session, limit=limit)
+
+    @expected
+    def list_functions(self) -> list[dict[str, Any]]:
+        """The function registry: each function, its live runners, policy and JSON Schemas."""
+        with unit_of_work(self.db) as session:
+            return registry.list_functions(session)
 
 
 class ConditionsService:

@@ -23,7 +23,12 @@ from autostep.cooperative import make_psycopg_cooperative
 from autostep.exceptions import ConflictError, InternalError, InvalidInput, NotFoundError
 from autostep.settings import get_settings
 
-__all__ = ["log_expected_errors_in_one_line", "nameko_config", "run_services"]
+__all__ = [
+    "configure_from_environment",
+    "log_expected_errors_in_one_line",
+    "nameko_config",
+    "run_services",
+]
 
 #: Errors an entrypoint raises for its caller: logged in one line, no traceback.
 #: (:class:`InternalError` is logged in full where it is raised.)
@@ -60,6 +65,19 @@ def nameko_config() -> dict[str, Any]:
         "max_workers": settings.max_workers,
         "PREFETCH_COUNT": settings.prefetch_count,
     }
+
+
+def configure_from_environment() -> None:
+    """Fill in what nameko's config lacks from the environment, for ``nameko run``.
+
+    ``nameko run mymodule`` reads its config from ``--config config.yaml`` or
+    ``--define``; whatever those leave out (``AMQP_URI``, ``DATABASE_URL``,
+    ...) comes from the same variables as every autostep process
+    (``AMQP_URI`` or ``AUTOSTEP_AMQP_URI``, ...). Expected errors log one line.
+    """
+    for key, value in nameko_config().items():
+        config.setdefault(key, value)
+    log_expected_errors_in_one_line()
 
 
 def run_services(services: list[type], on_started: Callable[[], None] | None = None) -> None:

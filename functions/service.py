@@ -27,6 +27,7 @@ from autostep.dependencies import Database, FunctionRegistration
 from autostep.exceptions import NotFoundError
 from autostep.functions.entrypoint import step_consumer
 from autostep.functions.runner import run_step
+from autostep.nameko_runtime import configure_from_environment
 from autostep.sdk import REGISTRY, FunctionSpec
 
 __all__ = ["service_for", "services_for"]
@@ -57,6 +58,7 @@ def services_for(module: str) -> dict[str, type]:
     Imports ``module`` first; :class:`NotFoundError` if it defines no ``@function``.
     """
     __import__(module)
+    configure_from_environment()
     specs = [spec for spec in REGISTRY.values() if spec.func.__module__ == module]
     if not specs:
         raise NotFoundError(f"module {module!r} defines no @function")

@@ -50,6 +50,7 @@ RELAY = "tests/service/test_relay.py"
 FAILURES = "tests/service/test_failures.py"
 ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
+JOB_CONTROL = "tests/service/test_job_control.py"
 
 MUTATIONS = (
     Mutation(
@@ -72,9 +73,42 @@ MUTATIONS = (
         "completion-without-row-lock",
         "per-job order: a job's transactions commit one after another",
         "autostep/runs.py",
-        "        .where(Process.id == process_id)\n        .with_for_update()\n",
-        "        .where(Process.id == process_id)\n",
+        "        select(Job).where(Job.id == owner).with_for_update(),\n",
+        "        select(Job).where(Job.id == owner),\n",
         (ORDERING,),
+    ),
+    Mutation(
+        "process-locked-before-its-job",
+        "one lock order (the job, then its processes): no deadlock",
+        "autostep/runs.py",
+        "    owner = select(Process.job_id).where(Process.id == process_id).scalar_subquery()\n",
+        "    _lock_process(session, process_id)\n"
+        "    owner = select(Process.job_id).where(Process.id == process_id).scalar_subquery()\n",
+        (JOB_CONTROL,),
+    ),
+    Mutation(
+        "cancel-keeps-queued-messages",
+        "cancel withdraws the unsent step messages of what it cancels",
+        "autostep/runs.py",
+        "    withdraw_steps(session, [row.id for row in rows])\n",
+        "",
+        (JOB_CONTROL,),
+    ),
+    Mutation(
+        "rerun-runs-succeeded-steps-again",
+        "a rerun never runs a step that succeeded again",
+        "autostep/runs.py",
+        "        if process.status == ProcessStatus.SUCCEEDED:\n            copy = _reused(job, process)",
+        "        if False:\n            copy = _reused(job, process)",
+        (JOB_CONTROL,),
+    ),
+    Mutation(
+        "no-step-budget",
+        "a loop that never ends is stopped by the step budget",
+        "autostep/runs.py",
+        "    if job.steps >= version.max_steps:\n",
+        "    if False:\n",
+        (JOB_CONTROL,),
     ),
     Mutation(
         "no-shard-ownership",

@@ -227,7 +227,7 @@ class Relay:
             except (InfrastructureError, psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
                 broken = True
                 pause = random.uniform(delay / 2, delay)
-                reason = str(exc) or type(exc).__name__
+                reason = (str(exc) or type(exc).__name__).splitlines()[0]
                 log.warning("relay lost a connection (%s); retrying in %.1fs", reason, pause)
                 self.stopping.wait(pause)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)

@@ -87,7 +87,8 @@ import pytest
 from sqlalchemy import text
 
 from autostep.catalog import create_project, publish_workflow
-from autostep.db import unit_of_work
+from autostep.db import make_engine, make_session_factory, unit_of_work
+from autostep.migrate import upgrade
 from autostep.relay import SHARD_LOCK
 from autostep.runs import start_job
 from autostep.settings import libpq_dsn
@@ -97,8 +98,15 @@ from autostep.topology import (
     STEPS_EXCHANGE,
     step_queue_name,
 )
-from tests.e2e.conftest import ManagedProcess, relay_holds_membership
+from tests.e2e.conftest import (
+    RUNNER_MODULES,
+    ManagedProcess,
+    relay_holds_membership,
+    runner_connected,
+)
+from tests.e2e.servers import PrivatePostgres, PrivateRabbit
 from tests.helpers import Tap
+from tests.stepfuncs import EFFECT_TABLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.crash]
 
@@ -795,3 +803,142 @@ def _check_doubled_steps(session_factory: Any, seed: int, doubled: set[Publicati
     assert len(effects) == len(processes) and not not_once, (
         f"seed {seed}: steps published twice without exactly one effect: {not_once[:10]}"
     )
+
+
+# -- outages of the servers --------------------------------------------------------
+
+#: Jobs started just before each fault (so that it hits steps in flight), and while
+#: the broker is down.
+OUTAGE_BATCH = 80
+WHILE_BROKER_DOWN = 40
+#: Seconds between a batch of jobs and the fault that follows it.
+FAULT_AFTER = 0.5
+DATABASE_OUTAGE_SECONDS = 60.0
+OUTAGE_SETTLE_TIMEOUT = 120.0
+#: Deadlocks PostgreSQL detected in the current database since its statistics began.
+DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+
+
+@dataclass
+class Faults:
+    """What the faults hit: per fault, the jobs unfinished at that moment."""
+
+    unfinished: dict[str, int] = field(default_factory=dict)
+    #: Deadlocks counted before the database stopped (an immediate stop discards the count).
+    deadlocks_before_outage: int = 0
+
+    def note(self, fault: str, session_factory: Any, jobs: dict[str, JobInput]) -> None:
+        self.unfinished[fault] = len(_running(session_factory, list(jobs)))
+
+
+@pytest.mark.timeout(300)
+def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
+    private_postgres: PrivatePostgres,
+    private_rabbit: PrivateRabbit,
+    autostep_process: Callable[..., ManagedProcess],
+) -> None:
+    """A 60 s database outage and two broker crashes, on private servers, under load.
+
+    One runner and two relays work on a PostgreSQL server and a RabbitMQ node
+    of this test's own. Three faults, each a moment after a batch of jobs
+    started, while their steps run: the broker is killed (SIGKILL) and booted
+    again on its data while more jobs are started; the database stops at once
+    (an immediate shutdown kills every session, as a crash would) and starts
+    60 s later; the broker is killed again while the runner works off what
+    the outage held back. No autostep process is restarted: each must ride
+    the faults out. Then every job must have succeeded with one effect per
+    step, in order; nothing may be dead-lettered or left in a queue; the
+    runner and the relays must be the processes started at the beginning;
+    and PostgreSQL must have detected no deadlock.
+    """
+    began = time.monotonic()
+    rng = random.Random(0)
+    url = private_postgres.create_database("autostep")
+    upgrade(url)
+    engine = make_engine(url=url)
+    factory = make_session_factory(engine)
+    project = "outages"
+    with unit_of_work(factory) as session:
+        session.execute(text(EFFECT_TABLE))
+        create_project(session, project)
+        publish_workflow(session, project, WORKFLOW)
+    env = {"AUTOSTEP_DATABASE_URL": url, "AUTOSTEP_AMQP_URI": private_rabbit.uri}
+    runner = autostep_process(
+        "runner", "functions", "run", *RUNNER_MODULES, env=env, ready=runner_connected
+    )
+    ready = relay_holds_membership(url)
+    relays = [
+        autostep_process(name, "relay", env={**env, **RELAY_ENV}, ready=ready) for name in RELAYS
+    ]
+    processes = [runner, *relays]
+    pids = {process.name: process.pid for process in processes}
+    jobs: dict[str, JobInput] = {}
+    faults = Faults()
+
+    # 1. the broker crashes while steps run, and is down while jobs start
+    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
+    time.sleep(FAULT_AFTER)
+    faults.note("broker crash 1", factory, jobs)
+    private_rabbit.crash()
+    _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
+    private_rabbit.start()
+
+    # 2. the database is gone for a minute
+    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
+    time.sleep(FAULT_AFTER)
+    faults.note("database outage", factory, jobs)
+    faults.deadlocks_before_outage = _scalar(factory, DEADLOCKS)
+    private_postgres.stop()
+    stopped = time.monotonic()
+    engine.dispose()  # the test's own connections died with the server
+    time.sleep(max(0.0, DATABASE_OUTAGE_SECONDS - (time.monotonic() - stopped)))
+    private_postgres.start()
+    outage = time.monotonic() - stopped
+
+    # 3. the broker crashes again while the backlog of the outage is worked off
+    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
+    time.sleep(FAULT_AFTER)
+    faults.note("broker crash 2", factory, jobs)
+    private_rabbit.crash()
+    _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
+    private_rabbit.start()
+    faults_ended = time.monotonic()
+
+    job_ids = list(jobs)
+    tap = Tap(private_rabbit.uri, [])
+    try:
+        finished = _wait_until(lambda: not _running(factory, job_ids), OUTAGE_SETTLE_TIMEOUT)
+        assert finished, _report(factory, tap, 0, _running(factory, job_ids))
+        settled = time.monotonic()
+        drained = _wait_until(
+            lambda: _scalar(factory, "SELECT count(*) FROM outbox") == 0, OUTBOX_DRAIN_TIMEOUT
+        )
+        assert drained, f"outbox not drained: {_report(factory, tap, 0, [])}"
+        dead = tap.messages_in(DEAD_QUEUE)
+        waiting = tap.messages_in(step_queue_name("t_add"))
+    finally:
+        tap.close()
+    print(
+        f"\noutages: {len(jobs)} jobs, {TASKS_PER_JOB * len(jobs)} steps;"
+        f" unfinished jobs at each fault {faults.unfinished};"
+        f" database down {outage:.1f}s; faults over after {faults_ended - began:.1f}s,"
+        f" settled {settled - faults_ended:.1f}s later, total {time.monotonic() - began:.1f}s"
+    )
+
+    # the faults hit work in flight
+    assert all(faults.unfinished.values()), f"a fault hit no unfinished job: {faults.unfinished}"
+    # nothing lost, nothing doubled, nothing dead-lettered
+    _check_jobs(factory, 0, jobs)
+    _check_processes(factory, 0, jobs)
+    _check_effects(factory, 0, job_ids)
+    died = _scalar(factory, "SELECT count(*) FROM inbox WHERE consumer = 'deadletters'")
+    assert (died, dead, waiting) == (0, 0, 0), "dead-lettered, dead, waiting step messages"
+    # nobody was restarted, nobody exited
+    alive = {process.name: process.pid for process in processes if process.is_running()}
+    assert alive == pids, f"processes that exited: {set(pids) - set(alive)}"
+    assert [process.starts for process in processes] == [1, 1, 1]
+    # no deadlock: counted by PostgreSQL, and none reported to a process
+    deadlocks = faults.deadlocks_before_outage + _scalar(factory, DEADLOCKS)
+    reported = [p.name for p in processes if "deadlock detected" in p.output().lower()]
+    assert (deadlocks, reported) == (0, []), "deadlocks detected, processes that saw one"
+    engine.dispose()

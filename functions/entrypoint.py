@@ -55,6 +55,7 @@ __all__ = [
     "Delivery",
     "Disposition",
     "StepConsumer",
+    "StepQueueConsumer",
     "dead_letter_consumer",
     "dead_queue",
     "settle",
@@ -212,7 +213,7 @@ def _give_back(delivery: Delivery, exc: Exception) -> Disposition:
     return Disposition.REQUEUE
 
 
-class _QueueConsumer(ConsumerCore):
+class StepQueueConsumer(ConsumerCore):
     """nameko's kombu consumer with settlements that survive a dropped connection.
 
     A body kombu cannot decode (not JSON, not UTF-8, another content type)
@@ -282,7 +283,7 @@ class StepConsumer(Consumer):
     :data:`REQUEUE_PAUSE_SECONDS`.
     """
 
-    consumer_cls = _QueueConsumer
+    consumer_cls = StepQueueConsumer
 
     def __init__(self, queue: Queue, *, dead_letters: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("prefetch_count", get_settings().prefetch_count)

@@ -4,10 +4,16 @@ What ``nameko run`` does, for ``autostep functions run`` and
 ``autostep gateway run``: eventlet must already be monkey-patched (the CLI
 does it first thing), then psycopg is made cooperative, nameko's config is
 filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
+
+Stopping is bounded: the services stop gracefully (no new messages, running
+workers finish) for at most ``stop_timeout_seconds``, then they are killed,
+whatever the broker or the database is doing. A step killed that way never
+committed, and its message, never acknowledged, is delivered again.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +25,9 @@ from nameko.runners import ServiceRunner
 from autostep.cooperative import make_psycopg_cooperative
 from autostep.settings import get_settings
 
-__all__ = ["nameko_config", "run_services"]
+__all__ = ["nameko_config", "run_services", "stop_within"]
+
+log = logging.getLogger(__name__)
 
 
 def nameko_config() -> dict[str, Any]:
@@ -41,8 +49,12 @@ def run_services(services: list[type], on_started: Callable[[], None] | None = N
     for service in services:
         runner.add_service(service)
 
+    stopping: list[bool] = []
+
     def shutdown(signum: int, frame: Any) -> None:
-        eventlet.spawn_n(runner.stop)
+        if not stopping:  # a second signal changes nothing
+            stopping.append(True)
+            eventlet.spawn_n(stop_within, runner, get_settings().stop_timeout_seconds)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
@@ -50,3 +62,12 @@ def run_services(services: list[type], on_started: Callable[[], None] | None = N
     if on_started is not None:
         on_started()
     runner.wait()
+
+
+def stop_within(runner: ServiceRunner, seconds: float) -> None:
+    """Stop ``runner`` gracefully, or kill its services after ``seconds``."""
+    with eventlet.Timeout(seconds, False):
+        runner.stop()
+        return
+    log.warning("services did not stop within %s s; abandoning the running steps", seconds)
+    runner.kill()

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     running_mark_seconds: float = 0.5
     #: Runner: deliveries of one message before RabbitMQ dead-letters it.
     delivery_limit: int = 10
+    #: Runner: seconds a SIGTERM waits for running steps before abandoning them
+    #: (their messages, never acknowledged, are delivered again).
+    stop_timeout_seconds: float = 8.0
 
 
 @lru_cache(maxsize=1)

@@ -50,6 +50,7 @@ RELAY = "tests/service/test_relay.py"
 FAILURES = "tests/service/test_failures.py"
 ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
+RUNNER_FAULTS = "tests/service/test_runner_faults.py"
 
 MUTATIONS = (
     Mutation(
@@ -111,12 +112,60 @@ MUTATIONS = (
     ),
     Mutation(
         "outage-acks-and-drops",
-        "never ack-and-drop: a database outage requeues the message",
+        "never ack-and-drop: a database outage holds the message",
         "autostep/functions/entrypoint.py",
+        "            _OUTAGE.lost(str(exc))\n",
+        "            return Disposition.ACK\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "outage-uses-deliveries",
+        "a database outage costs no delivery: the message is held, not requeued",
+        "autostep/functions/entrypoint.py",
+        "            _OUTAGE.lost(str(exc))\n",
         "            eventlet.sleep(REQUEUE_PAUSE_SECONDS)\n"
-        "            self.consumer.requeue_message(message)",
-        "            self.consumer.ack_message(message)",
+        "            return Disposition.REQUEUE\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "lost-connection-held-forever",
+        "a message that always loses its connection is dead-lettered in the end",
+        "autostep/functions/entrypoint.py",
+        "                if lost_while_answering > LOST_CONNECTION_RETRIES:\n",
+        "                if False:\n",
         (FAILURES,),
+    ),
+    Mutation(
+        "deadlock-is-an-outage",
+        "a deadlock runs the step again at once, with one log line",
+        "autostep/db.py",
+        "        if sqlstate in TRANSACTION_CONFLICTS:\n",
+        "        if False:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "ack-error-kills-runner",
+        "an ack on a dropped broker connection never kills the runner",
+        "autostep/functions/entrypoint.py",
+        "    except _BROKER_CONNECTION_ERRORS as exc:\n",
+        "    except AMQPError as exc:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "undecodable-dropped",
+        "a body that is not JSON is dead-lettered, not dropped",
+        "autostep/functions/entrypoint.py",
+        "    def on_decode_error(self, message: Any, exc: Exception) -> None:\n",
+        "    def _on_decode_error(self, message: Any, exc: Exception) -> None:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "unbounded-stop",
+        "SIGTERM stops a runner within its stop timeout",
+        "autostep/nameko_runtime.py",
+        "            eventlet.spawn_n(stop_within, runner, get_settings().stop_timeout_seconds)\n",
+        "            eventlet.spawn_n(runner.stop)\n",
+        (RUNNER_FAULTS,),
     ),
     Mutation(
         "no-delivery-limit",

@@ -1,4 +1,9 @@
-"""Kills of the function runner and of two relays lose no step and double no effect.
+"""Kills of the processes, and outages of the servers, lose no step and double no effect.
+
+Two tests. The first kills autostep's processes, as described here; the
+second (:func:`test_a_database_outage_and_broker_crashes_lose_and_double_no_step`)
+takes the servers away instead, on a PostgreSQL server and a RabbitMQ node
+of its own (:mod:`tests.e2e.servers`), and no process is restarted.
 
 A workflow of ``t_add`` steps with a fan-out (``s1`` -> ``each`` over three
 items -> ``s3`` -> ``s4``) runs for a few hundred jobs, started in batches
@@ -811,12 +816,17 @@ def _check_doubled_steps(session_factory: Any, seed: int, doubled: set[Publicati
 #: the broker is down.
 OUTAGE_BATCH = 80
 WHILE_BROKER_DOWN = 40
-#: Seconds between a batch of jobs and the fault that follows it.
-FAULT_AFTER = 0.5
+#: Steps that must succeed after a batch of jobs started before the next fault
+#: (the platform works again after the last one), and how long they may take.
+STEPS_BEFORE_FAULT = 60
+PROGRESS_TIMEOUT = 60.0
 DATABASE_OUTAGE_SECONDS = 60.0
 OUTAGE_SETTLE_TIMEOUT = 120.0
 #: Deadlocks PostgreSQL detected in the current database since its statistics began.
 DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+
+
+SUCCEEDED_STEPS = "SELECT count(*) FROM process WHERE kind = 'task' AND status = 'succeeded'"
 
 
 @dataclass
@@ -824,10 +834,33 @@ class Faults:
     """What the faults hit: per fault, the jobs unfinished at that moment."""
 
     unfinished: dict[str, int] = field(default_factory=dict)
+    #: Per fault, the steps that succeeded between the batch before it and the fault.
+    steps_before: dict[str, int] = field(default_factory=dict)
     #: Deadlocks counted before the database stopped (an immediate stop discards the count).
     deadlocks_before_outage: int = 0
 
-    def note(self, fault: str, session_factory: Any, jobs: dict[str, JobInput]) -> None:
+    def start_batch(
+        self,
+        fault: str,
+        session_factory: Any,
+        project: str,
+        rng: random.Random,
+        jobs: dict[str, JobInput],
+    ) -> None:
+        """Start a batch of jobs and wait until steps succeed again, then note what is unfinished.
+
+        Returns when STEPS_BEFORE_FAULT steps succeeded (or after PROGRESS_TIMEOUT:
+        the test then fails on the count), so each fault hits a platform that
+        works again after the previous one, with steps in flight.
+        """
+        before = _scalar(session_factory, SUCCEEDED_STEPS)
+        _start_jobs(session_factory, project, rng, OUTAGE_BATCH, jobs)
+        _wait_until(
+            lambda: _scalar(session_factory, SUCCEEDED_STEPS) - before >= STEPS_BEFORE_FAULT,
+            PROGRESS_TIMEOUT,
+            interval=0.05,
+        )
+        self.steps_before[fault] = _scalar(session_factory, SUCCEEDED_STEPS) - before
         self.unfinished[fault] = len(_running(session_factory, list(jobs)))
 
 
@@ -840,8 +873,9 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     """A 60 s database outage and two broker crashes, on private servers, under load.
 
     One runner and two relays work on a PostgreSQL server and a RabbitMQ node
-    of this test's own. Three faults, each a moment after a batch of jobs
-    started, while their steps run: the broker is killed (SIGKILL) and booted
+    of this test's own. Three faults, each once a batch of jobs started and
+    its first steps succeeded (so the platform works again after the fault
+    before), while the rest of the batch runs: the broker is killed (SIGKILL) and booted
     again on its data while more jobs are started; the database stops at once
     (an immediate shutdown kills every session, as a crash would) and starts
     60 s later; the broker is killed again while the runner works off what
@@ -876,17 +910,13 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     faults = Faults()
 
     # 1. the broker crashes while steps run, and is down while jobs start
-    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
-    time.sleep(FAULT_AFTER)
-    faults.note("broker crash 1", factory, jobs)
+    faults.start_batch("broker crash 1", factory, project, rng, jobs)
     private_rabbit.crash()
     _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
     private_rabbit.start()
 
     # 2. the database is gone for a minute
-    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
-    time.sleep(FAULT_AFTER)
-    faults.note("database outage", factory, jobs)
+    faults.start_batch("database outage", factory, project, rng, jobs)
     faults.deadlocks_before_outage = _scalar(factory, DEADLOCKS)
     private_postgres.stop()
     stopped = time.monotonic()
@@ -896,9 +926,7 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     outage = time.monotonic() - stopped
 
     # 3. the broker crashes again while the backlog of the outage is worked off
-    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
-    time.sleep(FAULT_AFTER)
-    faults.note("broker crash 2", factory, jobs)
+    faults.start_batch("broker crash 2", factory, project, rng, jobs)
     private_rabbit.crash()
     _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
     private_rabbit.start()
@@ -920,12 +948,15 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
         tap.close()
     print(
         f"\noutages: {len(jobs)} jobs, {TASKS_PER_JOB * len(jobs)} steps;"
-        f" unfinished jobs at each fault {faults.unfinished};"
+        f" steps done since the batch before each fault {faults.steps_before},"
+        f" jobs unfinished at it {faults.unfinished};"
         f" database down {outage:.1f}s; faults over after {faults_ended - began:.1f}s,"
         f" settled {settled - faults_ended:.1f}s later, total {time.monotonic() - began:.1f}s"
     )
 
-    # the faults hit work in flight
+    # each fault hit a working platform, with work in flight
+    worked = {fault: steps >= STEPS_BEFORE_FAULT for fault, steps in faults.steps_before.items()}
+    assert all(worked.values()), f"no progress before a fault: {faults.steps_before}"
     assert all(faults.unfinished.values()), f"a fault hit no unfinished job: {faults.unfinished}"
     # nothing lost, nothing doubled, nothing dead-lettered
     _check_jobs(factory, 0, jobs)

@@ -29,6 +29,7 @@ bound to that type sees every publication.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -116,20 +117,29 @@ class BrokerProxy:
 
     @staticmethod
     def _pump(source: socket.socket, target: socket.socket, live: list[bool]) -> None:
+        """Forward ``source`` to ``target`` until ``source`` ends; then close ``source``.
+
+        Each socket is closed by the one green thread that reads it, once it
+        stopped reading: closing a socket another green thread waits on
+        confuses eventlet when its descriptor number is reused at once.
+        """
         try:
             while data := source.recv(65536):
-                if not live[0]:
-                    return  # silenced: what arrives is dropped, nothing is closed
-                target.sendall(data)
-        except (OSError, EOFError):  # eventlet: EOFError when another greenlet closed it
-            return
+                if live[0]:
+                    target.sendall(data)  # silenced: what arrives is dropped
+        except OSError:
+            pass
         if live[0]:
-            target.close()  # an end passes through, as it would without the proxy
+            with contextlib.suppress(OSError):
+                target.shutdown(socket.SHUT_RDWR)  # the end passes through
+        source.close()
 
     def cut(self) -> None:
+        """End every proxied connection, both ways."""
         for client, upstream, _ in self._pipes:
-            client.close()
-            upstream.close()
+            for end in (client, upstream):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
         self._pipes.clear()
 
     def silence(self) -> None:

@@ -933,9 +933,18 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     faults_ended = time.monotonic()
 
     job_ids = list(jobs)
+
+    def alive() -> dict[str, int | None]:
+        return {process.name: process.pid for process in processes if process.is_running()}
+
     tap = Tap(private_rabbit.uri, [])
     try:
-        finished = _wait_until(lambda: not _running(factory, job_ids), OUTAGE_SETTLE_TIMEOUT)
+        finished = _wait_until(
+            lambda: alive() != pids or not _running(factory, job_ids), OUTAGE_SETTLE_TIMEOUT
+        )
+        # nobody exited, nobody was restarted
+        assert alive() == pids, f"processes that exited: {set(pids) - set(alive())}"
+        assert [process.starts for process in processes] == [1, 1, 1]
         assert finished, _report(factory, tap, 0, _running(factory, job_ids))
         settled = time.monotonic()
         drained = _wait_until(
@@ -964,10 +973,6 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     _check_effects(factory, 0, job_ids)
     died = _scalar(factory, "SELECT count(*) FROM inbox WHERE consumer = 'deadletters'")
     assert (died, dead, waiting) == (0, 0, 0), "dead-lettered, dead, waiting step messages"
-    # nobody was restarted, nobody exited
-    alive = {process.name: process.pid for process in processes if process.is_running()}
-    assert alive == pids, f"processes that exited: {set(pids) - set(alive)}"
-    assert [process.starts for process in processes] == [1, 1, 1]
     # no deadlock: counted by PostgreSQL, and none reported to a process
     deadlocks = faults.deadlocks_before_outage + _scalar(factory, DEADLOCKS)
     reported = [p.name for p in processes if "deadlock detected" in p.output().lower()]

@@ -85,6 +85,13 @@ class PrivatePostgres:
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
         self.starts = 0
+        try:
+            self._initdb()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _initdb(self) -> None:
         _run(
             [
                 *_as_user(self.user),

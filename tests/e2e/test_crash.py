@@ -821,6 +821,8 @@ WHILE_BROKER_DOWN = 40
 STEPS_BEFORE_FAULT = 60
 PROGRESS_TIMEOUT = 60.0
 DATABASE_OUTAGE_SECONDS = 60.0
+#: Seconds into the database outage the broker is killed (and booted again).
+BROKER_CRASH_INTO_OUTAGE = 15.0
 OUTAGE_SETTLE_TIMEOUT = 120.0
 #: Deadlocks PostgreSQL detected in the current database since its statistics began.
 DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
@@ -873,17 +875,19 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     """A 60 s database outage and two broker crashes, on private servers, under load.
 
     One runner and two relays work on a PostgreSQL server and a RabbitMQ node
-    of this test's own. Three faults, each once a batch of jobs started and
+    of this test's own. Two faults, each once a batch of jobs started and
     its first steps succeeded (so the platform works again after the fault
-    before), while the rest of the batch runs: the broker is killed (SIGKILL) and booted
-    again on its data while more jobs are started; the database stops at once
-    (an immediate shutdown kills every session, as a crash would) and starts
-    60 s later; the broker is killed again while the runner works off what
-    the outage held back. No autostep process is restarted: each must ride
-    the faults out. Then every job must have succeeded with one effect per
-    step, in order; nothing may be dead-lettered or left in a queue; the
-    runner and the relays must be the processes started at the beginning;
-    and PostgreSQL must have detected no deadlock.
+    before), while the rest of the batch runs: the broker is killed
+    (SIGKILL) and booted again on its data while more jobs are started; the
+    database stops at once (an immediate shutdown kills every session, as a
+    crash would) and starts 60 s later, and 15 s into that outage the broker
+    is killed and booted again, while the runner holds the messages it had
+    for the database. A last batch of jobs starts when the database is back.
+    No autostep process is restarted: each must ride the faults out. Then
+    every job must have succeeded with one effect per step, in order;
+    nothing may be dead-lettered or left in a queue; the runner and the
+    relays must be the processes started at the beginning; and PostgreSQL
+    must have detected no deadlock.
     """
     began = time.monotonic()
     rng = random.Random(0)
@@ -915,21 +919,22 @@ def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
     _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
     private_rabbit.start()
 
-    # 2. the database is gone for a minute
+    # 2. the database is gone for a minute, and meanwhile the broker crashes again:
+    #    the runner holds the messages it had, unacknowledged, for the database
     faults.start_batch("database outage", factory, project, rng, jobs)
     faults.deadlocks_before_outage = _scalar(factory, DEADLOCKS)
     private_postgres.stop()
     stopped = time.monotonic()
     engine.dispose()  # the test's own connections died with the server
+    time.sleep(BROKER_CRASH_INTO_OUTAGE)
+    private_rabbit.crash()
+    private_rabbit.start()
     time.sleep(max(0.0, DATABASE_OUTAGE_SECONDS - (time.monotonic() - stopped)))
     private_postgres.start()
     outage = time.monotonic() - stopped
 
-    # 3. the broker crashes again while the backlog of the outage is worked off
-    faults.start_batch("broker crash 2", factory, project, rng, jobs)
-    private_rabbit.crash()
-    _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
-    private_rabbit.start()
+    # 3. more jobs while the backlog of the outage is worked off
+    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
     faults_ended = time.monotonic()
 
     job_ids = list(jobs)

@@ -14,7 +14,7 @@ the relay by reconnecting.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -31,6 +31,7 @@ __all__ = [
     "TRANSACTION_CONFLICTS",
     "database_answers",
     "database_outages",
+    "discard_connection",
     "dispose_engines",
     "make_engine",
     "make_session_factory",
@@ -155,6 +156,22 @@ def database_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+def discard_connection(session: Session) -> None:
+    """Cancel what ``session``'s connection is running, and drop it from its pool.
+
+    For a connection whose statement was cut short on the client side (a
+    timeout): psycopg is mid-command on it, and the server would otherwise
+    go on running the statement, holding its locks, until it ends.
+    """
+    connection = session.connection()
+    driver_connection = connection.connection.dbapi_connection
+    if isinstance(driver_connection, psycopg.Connection):
+        # dropping it is what matters; without the cancel the server ends it when it notices
+        with suppress(psycopg.Error):
+            driver_connection.cancel_safe(timeout=PROBE_TIMEOUT)
+    connection.invalidate()
 
 
 def _driver_error(exc: BaseException) -> BaseException:

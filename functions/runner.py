@@ -43,7 +43,13 @@ import eventlet
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import inbox, runs
-from autostep.db import DATABASE_OUTAGES, database_outages, side_session_factory, unit_of_work
+from autostep.db import (
+    DATABASE_OUTAGES,
+    database_outages,
+    discard_connection,
+    side_session_factory,
+    unit_of_work,
+)
 from autostep.exceptions import (
     DatabaseUnavailable,
     NotFoundError,
@@ -159,10 +165,15 @@ def _run(
                 side_session_factory(session.get_bind().engine),
                 message,
             )
+            timeout = RetryableError(f"timed out after {policy.timeout}s")
             try:
-                timeout = RetryableError(f"timed out after {policy.timeout}s")
                 with eventlet.Timeout(policy.timeout, timeout):
                     output = spec.call(message.input, context)
+            except RetryableError as exc:
+                if exc is timeout:
+                    # it may have cut a statement short: the connection is mid-command
+                    discard_connection(session)
+                raise
             finally:
                 marker.cancel()  # not started yet: it never runs
                 if marker:  # started and not finished: let it finish

@@ -9,6 +9,9 @@ published with py-amqp that are not JSON.
 - A database outage longer than the delivery limit's worth of requeues costs
   no delivery: the message stays unacknowledged, the step runs again once the
   database answers, the job succeeds, nothing is dead-lettered.
+- A step whose timeout cuts a statement short fails that attempt (it is
+  retried as the policy says); its connection, mid-command, is dropped, never
+  handed to the next step.
 - A deadlock is retried at once, in the runner, with one log line: no
   traceback, no failed attempt.
 - An ack on a connection the broker dropped logs one line; the broker gives
@@ -36,11 +39,16 @@ import psycopg
 import pytest
 from kombu import Connection as KombuConnection
 from kombu import Exchange, Producer, Queue
+from pydantic import BaseModel
+from sqlalchemy import create_engine, select, text
 
 from autostep import StepContext, function
+from autostep.db import make_session_factory, unit_of_work
 from autostep.functions.deadletters import DeadLetterService
 from autostep.functions.entrypoint import StepQueueConsumer
+from autostep.functions.runner import StepOutcome, run_step
 from autostep.functions.service import service_for
+from autostep.models import Outbox, Process
 from autostep.nameko_runtime import nameko_config
 from autostep.sdk import REGISTRY
 from autostep.settings import amqp_params, get_settings, libpq_dsn
@@ -200,6 +208,56 @@ def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
     assert len([m for m in messages if "holding messages unacknowledged" in m]) == 1
     assert len([m for m in messages if "database answers again" in m]) == 1
     assert not [r.getMessage() for r in _runner_records(caplog) if r.exc_info]
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+@function(name="t_slow_sql", retries=1, backoff=0.01, timeout=0.3)
+def slow_sql(inp: Nap, ctx: StepContext) -> Loose:
+    """Runs a statement of ``seconds``: past its 0.3 s timeout if told to."""
+    ctx.session.execute(text("SELECT pg_sleep(:s)"), {"s": inp.seconds})
+    return Loose(slept=inp.seconds)
+
+
+def _step_message(session_factory: Any, job_id: uuid.UUID) -> tuple[Any, str]:
+    """The body and message id of the job's newest step message."""
+    with unit_of_work(session_factory) as session:
+        process = session.scalar(select(Process.id).where(Process.job_id == job_id))
+        row = session.scalar(
+            select(Outbox)
+            .where(Outbox.type == "step", Outbox.aggregate_id == process)
+            .order_by(Outbox.seq.desc())
+            .limit(1)
+        )
+        assert row is not None
+        return row.payload, str(row.id)
+
+
+def test_a_timeout_inside_a_statement_is_a_failed_attempt_and_its_connection_is_dropped(
+    session_factory: Any, project: str, database_url: str
+) -> None:
+    definition = {"name": "slowsql", "steps": [{"name": "s", "function": "t_slow_sql"}]}
+    publish(session_factory, project, definition)
+    slow = start(session_factory, project, "slowsql", {"seconds": 5})
+    fast = start(session_factory, project, "slowsql", {"seconds": 0})
+    # one connection: the fast step gets the one the timeout cut short, unless dropped
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    tiny = make_session_factory(engine)
+    spec = REGISTRY["t_slow_sql"]
+    try:
+        outcomes = [
+            run_step(tiny, spec, *_step_message(session_factory, job), consumer="fn_t_slow_sql")
+            for job in (slow, fast)
+        ]
+    finally:
+        engine.dispose()
+
+    assert outcomes == [StepOutcome.RETRYING, StepOutcome.SUCCEEDED]
+    process = _process(database_url, slow)
+    assert process["attempt"] == 2
+    assert process["error"] == "RetryableError: timed out after 0.3s"
 
 
 # -- deadlocks ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "database_outages",
     "discard_connection",
     "dispose_engines",
+    "error_summary",
     "make_engine",
     "make_session_factory",
     "shared_engine",
@@ -137,9 +138,9 @@ def database_outages() -> Iterator[None]:
         sqlstate = _sqlstate(exc)
         if sqlstate in TRANSACTION_CONFLICTS:
             raise TransactionConflict(
-                f"{type(_driver_error(exc)).__name__}: {_first_line(exc)}", sqlstate=sqlstate
+                f"{type(_driver_error(exc)).__name__}: {error_summary(exc)}", sqlstate=sqlstate
             ) from exc
-        raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+        raise DatabaseUnavailable(f"database unavailable: {error_summary(exc)}") from exc
 
 
 def database_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
@@ -184,7 +185,7 @@ def _sqlstate(exc: BaseException) -> str | None:
     return sqlstate if isinstance(sqlstate, str) else None
 
 
-def _first_line(exc: BaseException) -> str:
+def error_summary(exc: BaseException) -> str:
     """The first line of the driver's message: no SQL, no parameters, no traceback."""
     text = str(_driver_error(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import eventlet
@@ -239,6 +239,28 @@ class StepQueueConsumer(ConsumerCore):
                 len(message.body or b""),
             )
             self.ack_message(message)
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        """Consume until stopped, reconnecting (kombu's loop, with a one-line log)."""
+        while not self.should_stop:
+            try:
+                if self.restart_limit.can_consume(_tokens):
+                    for _ in self.consume(limit=None, **kwargs):
+                        pass
+                else:
+                    eventlet.sleep(self.restart_limit.expected_time(_tokens))
+            except self._connection_errors as exc:
+                log.warning(
+                    "connection to the broker lost while consuming %s (%s: %s); reconnecting",
+                    self.queues[0].name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    @cached_property
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        connection = self.connection
+        return tuple(connection.connection_errors + connection.channel_errors)
 
     def ack_message(self, message: Any) -> None:
         _settle_safely(message, "ack", message.ack)

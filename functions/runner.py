@@ -223,8 +223,10 @@ def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
     try:
         with unit_of_work(factory) as session:
             runs.mark_running(session, message.job_id, message.process_id, message.attempt)
-    except Exception:  # only a display state: the step goes on regardless
-        log.warning("could not mark %s running", message.process_id, exc_info=True)
+    except Exception as exc:  # only a display state: the step goes on regardless
+        log.warning(
+            "could not mark %s running: %s: %s", message.process_id, type(exc).__name__, exc
+        )
 
 
 def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | None:

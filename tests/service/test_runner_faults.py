@@ -23,6 +23,7 @@ published with py-amqp that are not JSON.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -390,7 +391,80 @@ def test_a_body_that_is_not_json_or_not_utf8_is_dead_lettered_not_dropped(
     assert not [r.getMessage() for r in _runner_records(caplog) if r.exc_info]
 
 
+class BrokerProxy:
+    """A TCP proxy in front of the broker that the test can take down.
+
+    A runner pointed at it loses its broker when :meth:`down` closes every
+    connection and the listening socket (new connections are refused), the
+    way a crashed broker looks to it; the shared broker is never touched.
+    """
+
+    def __init__(self, amqp_uri: str) -> None:
+        parts = urlparse(amqp_uri)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.listener = eventlet.listen(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.uri = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{self.port}")
+        self.sockets: list[socket.socket] = []
+        self.threads = [eventlet.spawn(self._accept)]
+
+    @property
+    def amqp_uri(self) -> str:
+        return self.uri.geturl()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = eventlet.connect(self.upstream)
+            self.sockets += [client, server]
+            self.threads += [
+                eventlet.spawn(self._pump, client, server),
+                eventlet.spawn(self._pump, server, client),
+            ]
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+
+    def down(self) -> None:
+        for thread in self.threads:
+            thread.kill()
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
 # -- stopping -----------------------------------------------------------------------
+
+
+def test_sigterm_stops_a_runner_whose_broker_is_down(
+    platform_env: dict[str, str], amqp_uri: str, effect_table: None, tmp_path: Path
+) -> None:
+    proxy = BrokerProxy(amqp_uri)
+    env = {
+        **os.environ,
+        **platform_env,
+        "AUTOSTEP_AMQP_URI": proxy.amqp_uri,
+        "PYTHONUNBUFFERED": "1",
+        "AUTOSTEP_STOP_TIMEOUT_SECONDS": str(STOP_TIMEOUT),
+    }
+    command = autostep_command("functions", "run", "tests.stepfuncs")
+    runner = ManagedProcess("runner", command, env, tmp_path / "runner.log", runner_connected)
+    try:
+        runner.start()
+        proxy.down()
+        _until(lambda: "Error connecting to broker" in runner.output())  # it is reconnecting
+
+        code = runner.terminate(timeout=STOP_TIMEOUT + STOP_MARGIN)
+    finally:
+        runner.close()
+        proxy.down()
+
+    assert code == 0, runner.tail()  # not killed by the test's SIGKILL
+    assert "Traceback" not in runner.output()
 
 
 def test_sigterm_abandons_a_step_waiting_on_the_database_and_its_message_comes_back(

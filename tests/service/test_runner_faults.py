@@ -51,6 +51,7 @@ from autostep.functions.runner import StepOutcome, run_step
 from autostep.functions.service import service_for
 from autostep.models import Outbox, Process
 from autostep.nameko_runtime import nameko_config
+from autostep.relay import Relay
 from autostep.sdk import REGISTRY
 from autostep.settings import amqp_params, get_settings, libpq_dsn
 from autostep.topology import DEAD_QUEUE, STEPS_EXCHANGE, declare_base, step_queue_name
@@ -437,7 +438,58 @@ class BrokerProxy:
             sock.close()
 
 
-# -- stopping -----------------------------------------------------------------------
+# -- stopping ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def running_mark_soon(platform_env: dict[str, str]) -> Iterator[float]:
+    """Steps are marked running after 0.05 s instead of 0.5 s."""
+    os.environ["AUTOSTEP_RUNNING_MARK_SECONDS"] = "0.05"
+    get_settings.cache_clear()
+    yield 0.05
+    del os.environ["AUTOSTEP_RUNNING_MARK_SECONDS"]
+    get_settings.cache_clear()
+
+
+def test_a_worker_killed_while_its_step_fails_records_no_failure(
+    session_factory: Any,
+    project: str,
+    database_url: str,
+    running_mark_soon: float,
+    runner_factory: Any,
+    effect_table: None,
+) -> None:
+    # t_sleepy times out after 0.2 s; its running mark, started at 0.05 s, waits
+    # for the process row we hold, so the worker waits for the mark when it is killed
+    runner = runner_factory(nameko_config(), service_for(REGISTRY["t_sleepy"]))
+    runner.start()
+    definition = {"name": "killed", "steps": [{"name": "s", "function": "t_sleepy"}]}
+    publish(session_factory, project, definition)
+    job_id = start(session_factory, project, "killed", {"seconds": 1.0})
+    process_id = _process(database_url, job_id)["id"]
+    waiting_mark = """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND wait_event_type = 'Lock'
+          AND query LIKE 'UPDATE process%%'
+    """
+    relay = Relay()
+    with psycopg.connect(libpq_dsn(database_url)) as holder:
+        holder.execute("SELECT 1 FROM process WHERE id = %s FOR UPDATE", (process_id,))
+        thread = eventlet.spawn(relay.run)  # publishes the step only now
+        try:
+            _until(lambda: bool(_query(database_url, waiting_mark)))
+            eventlet.sleep(0.3)  # the step timed out: its worker waits for the mark
+
+            runner.kill()
+
+            holder.rollback()  # a worker that survived its kill would now record the failure
+            eventlet.sleep(0.5)
+        finally:
+            relay.stop()
+            thread.wait()
+
+    process = _process(database_url, job_id)
+    assert process["attempt"] == 1 and process["error"] is None, process
 
 
 def test_sigterm_stops_a_runner_whose_broker_is_down(

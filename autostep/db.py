@@ -70,7 +70,7 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
         max_overflow=settings.db_pool_size,
         # No pre-ping: it costs a round trip per checkout on the hot path; a
         # dead connection fails its statement, is dropped from the pool, and
-        # the runner requeues the message (InfrastructureError).
+        # the runner handles the message again (DatabaseUnavailable).
     )
 
 

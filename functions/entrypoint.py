@@ -257,6 +257,14 @@ class StepQueueConsumer(ConsumerCore):
                     exc,
                 )
 
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        log.warning(
+            "cannot connect to the broker for %s (%s); retrying in %s s",
+            self.queues[0].name,
+            exc,
+            interval,
+        )
+
     @cached_property
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         connection = self.connection

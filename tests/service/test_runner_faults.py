@@ -508,7 +508,7 @@ def test_sigterm_stops_a_runner_whose_broker_is_down(
     try:
         runner.start()
         proxy.down()
-        _until(lambda: "Error connecting to broker" in runner.output())  # it is reconnecting
+        _until(lambda: "cannot connect to the broker" in runner.output())  # reconnecting
 
         code = runner.terminate(timeout=STOP_TIMEOUT + STOP_MARGIN)
     finally:

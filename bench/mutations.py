@@ -146,6 +146,14 @@ MUTATIONS = (
         (RUNNER_FAULTS,),
     ),
     Mutation(
+        "held-through-stop",
+        "a runner that stops gives a message held through an outage back",
+        "autostep/functions/entrypoint.py",
+        "            stopping=lambda: self.stopping,\n",
+        "            stopping=lambda: False,\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
         "deadlock-is-an-outage",
         "a deadlock runs the step again at once, with one log line",
         "autostep/db.py",

@@ -155,6 +155,23 @@ def admin(server_urls: tuple[str, str]) -> Iterator[psycopg.Connection[Any]]:
 # -- database outages -------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _outage(admin: psycopg.Connection[Any], database_url: str) -> Iterator[None]:
+    """The test database is out inside: no new connections, every session ended.
+
+    (The step's, the lock holder's, the pools'.)
+    """
+    name = urlparse(database_url).path[1:]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        yield
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
     session_factory: Any,
     project: str,
@@ -176,22 +193,12 @@ def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
         {"name": "outage", "steps": [{"name": "s", "function": "t_outage"}]},
     )
     key = _lock_key()
-    name = urlparse(database_url).path[1:]
     with psycopg.connect(libpq_dsn(database_url), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         job_id = start(session_factory, project, "outage", {"keys": [key]})
         _until(lambda: _waits_for_lock(database_url, key))  # the step is in its transaction
-        try:
-            # The outage: no new connections, every session of the test database ended
-            # (the step's, the holder's, the pools').
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
+        with _outage(admin, database_url):
             eventlet.sleep(OUTAGE_SECONDS)
-        finally:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     _until(lambda: _job_status(database_url, job_id) in ("succeeded", "failed"), timeout=30)
 
     process = _process(database_url, job_id)
@@ -260,6 +267,46 @@ def test_a_timeout_inside_a_statement_is_a_failed_attempt_and_its_connection_is_
     process = _process(database_url, slow)
     assert process["attempt"] == 2
     assert process["error"] == "RetryableError: timed out after 0.3s"
+
+
+def test_a_runner_stopping_during_an_outage_gives_the_held_message_back(
+    session_factory: Any,
+    project: str,
+    database_url: str,
+    admin: psycopg.Connection[Any],
+    delivery_limit: int,
+    runner_factory: Any,
+    relay: Any,
+    effect_table: None,
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.INFO)
+    services = (nameko_config(), DeadLetterService, service_for(REGISTRY["t_outage"]))
+    first = runner_factory(*services)
+    first.start()
+    definition = {"name": "outstop", "steps": [{"name": "s", "function": "t_outage"}]}
+    publish(session_factory, project, definition)
+    key = _lock_key()
+    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        job_id = start(session_factory, project, "outstop", {"keys": [key]})
+        _until(lambda: _waits_for_lock(database_url, key))
+        with _outage(admin, database_url):
+            _until(lambda: any("holding messages" in r.getMessage() for r in caplog.records))
+            stopping = eventlet.spawn(first.stop)
+            # a held message does not keep its runner from stopping
+            with eventlet.Timeout(STOP_MARGIN, AssertionError("the runner did not stop")):
+                stopping.wait()
+    second = runner_factory(*services)
+    second.start()  # the message came back to the queue: the next runner runs it
+    _until(lambda: _job_status(database_url, job_id) in ("succeeded", "failed"))
+
+    process = _process(database_url, job_id)
+    assert _job_status(database_url, job_id) == "succeeded"
+    assert process["attempt"] == 1 and process["error"] is None
+    assert _counts(database_url, process["id"]) == (2, 1)
+    given_back = [r.getMessage() for r in caplog.records if "giving message" in r.getMessage()]
+    assert len(given_back) == 1
 
 
 # -- deadlocks ----------------------------------------------------------------------

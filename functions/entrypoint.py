@@ -142,7 +142,7 @@ def settle(
     connection is dead-lettered in the end). Any other exception propagates:
     it is unexpected.
     """
-    engine = factory.kw["bind"]
+    url = factory.kw["bind"].url.render_as_string(hide_password=False)
     lost_while_answering = 0
     while True:
         try:
@@ -155,7 +155,7 @@ def settle(
         except DatabaseUnavailable as exc:
             if delivery.stopping():
                 return _give_back(delivery, exc)
-            if database_answers(engine.url.render_as_string(hide_password=False)):
+            if database_answers(url):
                 lost_while_answering += 1
                 if lost_while_answering > LOST_CONNECTION_RETRIES:
                     log.warning(
@@ -175,7 +175,7 @@ def settle(
                 )
                 continue
             _OUTAGE.lost(str(exc))
-            if not _wait_for_database(engine.url.render_as_string(hide_password=False), delivery):
+            if not _wait_for_database(url, delivery):
                 return _give_back(delivery, exc)
             _OUTAGE.answered()
         else:

@@ -14,7 +14,7 @@ the relay by reconnecting.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -31,7 +31,9 @@ __all__ = [
     "TRANSACTION_CONFLICTS",
     "database_answers",
     "database_outages",
+    "discard_connection",
     "dispose_engines",
+    "error_summary",
     "make_engine",
     "make_session_factory",
     "shared_engine",
@@ -68,7 +70,7 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
         max_overflow=settings.db_pool_size,
         # No pre-ping: it costs a round trip per checkout on the hot path; a
         # dead connection fails its statement, is dropped from the pool, and
-        # the runner requeues the message (InfrastructureError).
+        # the runner handles the message again (DatabaseUnavailable).
     )
 
 
@@ -136,9 +138,9 @@ def database_outages() -> Iterator[None]:
         sqlstate = _sqlstate(exc)
         if sqlstate in TRANSACTION_CONFLICTS:
             raise TransactionConflict(
-                f"{type(_driver_error(exc)).__name__}: {_first_line(exc)}", sqlstate=sqlstate
+                f"{type(_driver_error(exc)).__name__}: {error_summary(exc)}", sqlstate=sqlstate
             ) from exc
-        raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+        raise DatabaseUnavailable(f"database unavailable: {error_summary(exc)}") from exc
 
 
 def database_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
@@ -157,6 +159,22 @@ def database_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     return True
 
 
+def discard_connection(session: Session) -> None:
+    """Cancel what ``session``'s connection is running, and drop it from its pool.
+
+    For a connection whose statement was cut short on the client side (a
+    timeout): psycopg is mid-command on it, and the server would otherwise
+    go on running the statement, holding its locks, until it ends.
+    """
+    connection = session.connection()
+    driver_connection = connection.connection.dbapi_connection
+    if isinstance(driver_connection, psycopg.Connection):
+        # dropping it is what matters; without the cancel the server ends it when it notices
+        with suppress(psycopg.Error):
+            driver_connection.cancel_safe(timeout=PROBE_TIMEOUT)
+    connection.invalidate()
+
+
 def _driver_error(exc: BaseException) -> BaseException:
     """psycopg's own error behind a SQLAlchemy one."""
     return getattr(exc, "orig", None) or exc
@@ -167,7 +185,7 @@ def _sqlstate(exc: BaseException) -> str | None:
     return sqlstate if isinstance(sqlstate, str) else None
 
 
-def _first_line(exc: BaseException) -> str:
+def error_summary(exc: BaseException) -> str:
     """The first line of the driver's message: no SQL, no parameters, no traceback."""
     text = str(_driver_error(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -7,7 +7,8 @@ filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
 
 Stopping is bounded: the services stop gracefully (no new messages, running
 workers finish) for at most ``stop_timeout_seconds``, then they are killed,
-whatever the broker or the database is doing. A step killed that way never
+whatever the broker or the database is doing, also while they are still
+starting (waiting for a broker that is down). A step killed that way never
 committed, and its message, never acknowledged, is delivered again.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import eventlet
+from eventlet.queue import LightQueue
 from nameko import config
 from nameko.runners import ServiceRunner
 
@@ -49,16 +51,30 @@ def run_services(services: list[type], on_started: Callable[[], None] | None = N
     for service in services:
         runner.add_service(service)
 
+    # What happens first: the services started, or a signal stopped them (a
+    # service waiting for a broker that is down may never finish starting).
+    progress: LightQueue[str] = LightQueue()
+
+    def start() -> None:
+        runner.start()
+        progress.put("started")
+
+    def stop() -> None:
+        stop_within(runner, get_settings().stop_timeout_seconds)
+        progress.put("stopped")
+
     stopping: list[bool] = []
 
     def shutdown(signum: int, frame: Any) -> None:
         if not stopping:  # a second signal changes nothing
             stopping.append(True)
-            eventlet.spawn_n(stop_within, runner, get_settings().stop_timeout_seconds)
+            eventlet.spawn_n(stop)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    runner.start()
+    eventlet.spawn_n(start)
+    if progress.get() == "stopped":
+        return
     if on_started is not None:
         on_started()
     runner.wait()

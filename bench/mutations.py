@@ -136,6 +136,24 @@ MUTATIONS = (
         (FAILURES,),
     ),
     Mutation(
+        "killed-worker-goes-on",
+        "a worker killed while it waits for its running mark records no failure",
+        "autostep/functions/runner.py",
+        "                if marker:  # started and not finished: let it finish\n",
+        "                with __import__('contextlib').suppress(\n"
+        "                    __import__('greenlet').GreenletExit\n"
+        "                ):\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "held-through-stop",
+        "a runner that stops gives a message held through an outage back",
+        "autostep/functions/entrypoint.py",
+        "            stopping=lambda: self.stopping,\n",
+        "            stopping=lambda: False,\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
         "deadlock-is-an-outage",
         "a deadlock runs the step again at once, with one log line",
         "autostep/db.py",

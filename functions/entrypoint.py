@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import eventlet
@@ -142,7 +142,7 @@ def settle(
     connection is dead-lettered in the end). Any other exception propagates:
     it is unexpected.
     """
-    engine = factory.kw["bind"]
+    url = factory.kw["bind"].url.render_as_string(hide_password=False)
     lost_while_answering = 0
     while True:
         try:
@@ -155,7 +155,7 @@ def settle(
         except DatabaseUnavailable as exc:
             if delivery.stopping():
                 return _give_back(delivery, exc)
-            if database_answers(engine.url.render_as_string(hide_password=False)):
+            if database_answers(url):
                 lost_while_answering += 1
                 if lost_while_answering > LOST_CONNECTION_RETRIES:
                     log.warning(
@@ -175,7 +175,7 @@ def settle(
                 )
                 continue
             _OUTAGE.lost(str(exc))
-            if not _wait_for_database(engine.url.render_as_string(hide_password=False), delivery):
+            if not _wait_for_database(url, delivery):
                 return _give_back(delivery, exc)
             _OUTAGE.answered()
         else:
@@ -239,6 +239,36 @@ class StepQueueConsumer(ConsumerCore):
                 len(message.body or b""),
             )
             self.ack_message(message)
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        """Consume until stopped, reconnecting (kombu's loop, with a one-line log)."""
+        while not self.should_stop:
+            try:
+                if self.restart_limit.can_consume(_tokens):
+                    for _ in self.consume(limit=None, **kwargs):
+                        pass
+                else:
+                    eventlet.sleep(self.restart_limit.expected_time(_tokens))
+            except self._connection_errors as exc:
+                log.warning(
+                    "connection to the broker lost while consuming %s (%s: %s); reconnecting",
+                    self.queues[0].name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        log.warning(
+            "cannot connect to the broker for %s (%s); retrying in %s s",
+            self.queues[0].name,
+            exc,
+            interval,
+        )
+
+    @cached_property
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        connection = self.connection
+        return tuple(connection.connection_errors + connection.channel_errors)
 
     def ack_message(self, message: Any) -> None:
         _settle_safely(message, "ack", message.ack)

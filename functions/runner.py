@@ -43,7 +43,13 @@ import eventlet
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import inbox, runs
-from autostep.db import DATABASE_OUTAGES, database_outages, side_session_factory, unit_of_work
+from autostep.db import (
+    DATABASE_OUTAGES,
+    database_outages,
+    discard_connection,
+    side_session_factory,
+    unit_of_work,
+)
 from autostep.exceptions import (
     DatabaseUnavailable,
     NotFoundError,
@@ -159,10 +165,15 @@ def _run(
                 side_session_factory(session.get_bind().engine),
                 message,
             )
+            timeout = RetryableError(f"timed out after {policy.timeout}s")
             try:
-                timeout = RetryableError(f"timed out after {policy.timeout}s")
                 with eventlet.Timeout(policy.timeout, timeout):
                     output = spec.call(message.input, context)
+            except RetryableError as exc:
+                if exc is timeout:
+                    # it may have cut a statement short: the connection is mid-command
+                    discard_connection(session)
+                raise
             finally:
                 marker.cancel()  # not started yet: it never runs
                 if marker:  # started and not finished: let it finish
@@ -212,8 +223,10 @@ def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
     try:
         with unit_of_work(factory) as session:
             runs.mark_running(session, message.job_id, message.process_id, message.attempt)
-    except Exception:  # only a display state: the step goes on regardless
-        log.warning("could not mark %s running", message.process_id, exc_info=True)
+    except Exception as exc:  # only a display state: the step goes on regardless
+        log.warning(
+            "could not mark %s running: %s: %s", message.process_id, type(exc).__name__, exc
+        )
 
 
 def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | None:

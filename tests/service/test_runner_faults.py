@@ -9,6 +9,9 @@ published with py-amqp that are not JSON.
 - A database outage longer than the delivery limit's worth of requeues costs
   no delivery: the message stays unacknowledged, the step runs again once the
   database answers, the job succeeds, nothing is dead-lettered.
+- A step whose timeout cuts a statement short fails that attempt (it is
+  retried as the policy says); its connection, mid-command, is dropped, never
+  handed to the next step.
 - A deadlock is retried at once, in the runner, with one log line: no
   traceback, no failed attempt.
 - An ack on a connection the broker dropped logs one line; the broker gives
@@ -20,6 +23,7 @@ published with py-amqp that are not JSON.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -36,12 +40,18 @@ import psycopg
 import pytest
 from kombu import Connection as KombuConnection
 from kombu import Exchange, Producer, Queue
+from pydantic import BaseModel
+from sqlalchemy import create_engine, select, text
 
 from autostep import StepContext, function
+from autostep.db import make_session_factory, unit_of_work
 from autostep.functions.deadletters import DeadLetterService
 from autostep.functions.entrypoint import StepQueueConsumer
+from autostep.functions.runner import StepOutcome, run_step
 from autostep.functions.service import service_for
+from autostep.models import Outbox, Process
 from autostep.nameko_runtime import nameko_config
+from autostep.relay import Relay
 from autostep.sdk import REGISTRY
 from autostep.settings import amqp_params, get_settings, libpq_dsn
 from autostep.topology import DEAD_QUEUE, STEPS_EXCHANGE, declare_base, step_queue_name
@@ -145,6 +155,23 @@ def admin(server_urls: tuple[str, str]) -> Iterator[psycopg.Connection[Any]]:
 # -- database outages -------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _outage(admin: psycopg.Connection[Any], database_url: str) -> Iterator[None]:
+    """The test database is out inside: no new connections, every session ended.
+
+    (The step's, the lock holder's, the pools'.)
+    """
+    name = urlparse(database_url).path[1:]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        yield
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
     session_factory: Any,
     project: str,
@@ -166,22 +193,12 @@ def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
         {"name": "outage", "steps": [{"name": "s", "function": "t_outage"}]},
     )
     key = _lock_key()
-    name = urlparse(database_url).path[1:]
     with psycopg.connect(libpq_dsn(database_url), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         job_id = start(session_factory, project, "outage", {"keys": [key]})
         _until(lambda: _waits_for_lock(database_url, key))  # the step is in its transaction
-        try:
-            # The outage: no new connections, every session of the test database ended
-            # (the step's, the holder's, the pools').
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
+        with _outage(admin, database_url):
             eventlet.sleep(OUTAGE_SECONDS)
-        finally:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     _until(lambda: _job_status(database_url, job_id) in ("succeeded", "failed"), timeout=30)
 
     process = _process(database_url, job_id)
@@ -200,6 +217,96 @@ def test_a_database_outage_longer_than_the_delivery_limit_costs_no_delivery(
     assert len([m for m in messages if "holding messages unacknowledged" in m]) == 1
     assert len([m for m in messages if "database answers again" in m]) == 1
     assert not [r.getMessage() for r in _runner_records(caplog) if r.exc_info]
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+@function(name="t_slow_sql", retries=1, backoff=0.01, timeout=0.3)
+def slow_sql(inp: Nap, ctx: StepContext) -> Loose:
+    """Runs a statement of ``seconds``: past its 0.3 s timeout if told to."""
+    ctx.session.execute(text("SELECT pg_sleep(:s)"), {"s": inp.seconds})
+    return Loose(slept=inp.seconds)
+
+
+def _step_message(session_factory: Any, job_id: uuid.UUID) -> tuple[Any, str]:
+    """The body and message id of the job's newest step message."""
+    with unit_of_work(session_factory) as session:
+        process = session.scalar(select(Process.id).where(Process.job_id == job_id))
+        row = session.scalar(
+            select(Outbox)
+            .where(Outbox.type == "step", Outbox.aggregate_id == process)
+            .order_by(Outbox.seq.desc())
+            .limit(1)
+        )
+        assert row is not None
+        return row.payload, str(row.id)
+
+
+def test_a_timeout_inside_a_statement_is_a_failed_attempt_and_its_connection_is_dropped(
+    session_factory: Any, project: str, database_url: str
+) -> None:
+    definition = {"name": "slowsql", "steps": [{"name": "s", "function": "t_slow_sql"}]}
+    publish(session_factory, project, definition)
+    slow = start(session_factory, project, "slowsql", {"seconds": 5})
+    fast = start(session_factory, project, "slowsql", {"seconds": 0})
+    # one connection: the fast step gets the one the timeout cut short, unless dropped
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    tiny = make_session_factory(engine)
+    spec = REGISTRY["t_slow_sql"]
+    try:
+        outcomes = [
+            run_step(tiny, spec, *_step_message(session_factory, job), consumer="fn_t_slow_sql")
+            for job in (slow, fast)
+        ]
+    finally:
+        engine.dispose()
+
+    assert outcomes == [StepOutcome.RETRYING, StepOutcome.SUCCEEDED]
+    process = _process(database_url, slow)
+    assert process["attempt"] == 2
+    assert process["error"] == "RetryableError: timed out after 0.3s"
+
+
+def test_a_runner_stopping_during_an_outage_gives_the_held_message_back(
+    session_factory: Any,
+    project: str,
+    database_url: str,
+    admin: psycopg.Connection[Any],
+    delivery_limit: int,
+    runner_factory: Any,
+    relay: Any,
+    effect_table: None,
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.INFO)
+    services = (nameko_config(), DeadLetterService, service_for(REGISTRY["t_outage"]))
+    first = runner_factory(*services)
+    first.start()
+    definition = {"name": "outstop", "steps": [{"name": "s", "function": "t_outage"}]}
+    publish(session_factory, project, definition)
+    key = _lock_key()
+    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        job_id = start(session_factory, project, "outstop", {"keys": [key]})
+        _until(lambda: _waits_for_lock(database_url, key))
+        with _outage(admin, database_url):
+            _until(lambda: any("holding messages" in r.getMessage() for r in caplog.records))
+            stopping = eventlet.spawn(first.stop)
+            # a held message does not keep its runner from stopping
+            with eventlet.Timeout(STOP_MARGIN, AssertionError("the runner did not stop")):
+                stopping.wait()
+    second = runner_factory(*services)
+    second.start()  # the message came back to the queue: the next runner runs it
+    _until(lambda: _job_status(database_url, job_id) in ("succeeded", "failed"))
+
+    process = _process(database_url, job_id)
+    assert _job_status(database_url, job_id) == "succeeded"
+    assert process["attempt"] == 1 and process["error"] is None
+    assert _counts(database_url, process["id"]) == (2, 1)
+    given_back = [r.getMessage() for r in caplog.records if "giving message" in r.getMessage()]
+    assert len(given_back) == 1
 
 
 # -- deadlocks ----------------------------------------------------------------------
@@ -332,7 +439,131 @@ def test_a_body_that_is_not_json_or_not_utf8_is_dead_lettered_not_dropped(
     assert not [r.getMessage() for r in _runner_records(caplog) if r.exc_info]
 
 
-# -- stopping -----------------------------------------------------------------------
+class BrokerProxy:
+    """A TCP proxy in front of the broker that the test can take down.
+
+    A runner pointed at it loses its broker when :meth:`down` closes every
+    connection and the listening socket (new connections are refused), the
+    way a crashed broker looks to it; the shared broker is never touched.
+    """
+
+    def __init__(self, amqp_uri: str) -> None:
+        parts = urlparse(amqp_uri)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.listener = eventlet.listen(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.uri = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{self.port}")
+        self.sockets: list[socket.socket] = []
+        self.threads = [eventlet.spawn(self._accept)]
+
+    @property
+    def amqp_uri(self) -> str:
+        return self.uri.geturl()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = eventlet.connect(self.upstream)
+            self.sockets += [client, server]
+            self.threads += [
+                eventlet.spawn(self._pump, client, server),
+                eventlet.spawn(self._pump, server, client),
+            ]
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+
+    def down(self) -> None:
+        for thread in self.threads:
+            thread.kill()
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+# -- stopping ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def running_mark_soon(platform_env: dict[str, str]) -> Iterator[float]:
+    """Steps are marked running after 0.05 s instead of 0.5 s."""
+    os.environ["AUTOSTEP_RUNNING_MARK_SECONDS"] = "0.05"
+    get_settings.cache_clear()
+    yield 0.05
+    del os.environ["AUTOSTEP_RUNNING_MARK_SECONDS"]
+    get_settings.cache_clear()
+
+
+def test_a_worker_killed_while_its_step_fails_records_no_failure(
+    session_factory: Any,
+    project: str,
+    database_url: str,
+    running_mark_soon: float,
+    runner_factory: Any,
+    effect_table: None,
+) -> None:
+    # t_sleepy times out after 0.2 s; its running mark, started at 0.05 s, waits
+    # for the process row we hold, so the worker waits for the mark when it is killed
+    runner = runner_factory(nameko_config(), service_for(REGISTRY["t_sleepy"]))
+    runner.start()
+    definition = {"name": "killed", "steps": [{"name": "s", "function": "t_sleepy"}]}
+    publish(session_factory, project, definition)
+    job_id = start(session_factory, project, "killed", {"seconds": 1.0})
+    process_id = _process(database_url, job_id)["id"]
+    waiting_mark = """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND wait_event_type = 'Lock'
+          AND query LIKE 'UPDATE process%%'
+    """
+    relay = Relay()
+    with psycopg.connect(libpq_dsn(database_url)) as holder:
+        holder.execute("SELECT 1 FROM process WHERE id = %s FOR UPDATE", (process_id,))
+        thread = eventlet.spawn(relay.run)  # publishes the step only now
+        try:
+            _until(lambda: bool(_query(database_url, waiting_mark)))
+            eventlet.sleep(0.3)  # the step timed out: its worker waits for the mark
+
+            runner.kill()
+
+            holder.rollback()  # a worker that survived its kill would now record the failure
+            eventlet.sleep(0.5)
+        finally:
+            relay.stop()
+            thread.wait()
+
+    process = _process(database_url, job_id)
+    assert process["attempt"] == 1 and process["error"] is None, process
+
+
+def test_sigterm_stops_a_runner_whose_broker_is_down(
+    platform_env: dict[str, str], amqp_uri: str, effect_table: None, tmp_path: Path
+) -> None:
+    proxy = BrokerProxy(amqp_uri)
+    env = {
+        **os.environ,
+        **platform_env,
+        "AUTOSTEP_AMQP_URI": proxy.amqp_uri,
+        "PYTHONUNBUFFERED": "1",
+        "AUTOSTEP_STOP_TIMEOUT_SECONDS": str(STOP_TIMEOUT),
+    }
+    command = autostep_command("functions", "run", "tests.stepfuncs")
+    runner = ManagedProcess("runner", command, env, tmp_path / "runner.log", runner_connected)
+    try:
+        runner.start()
+        proxy.down()
+        _until(lambda: "cannot connect to the broker" in runner.output())  # reconnecting
+
+        code = runner.terminate(timeout=STOP_TIMEOUT + STOP_MARGIN)
+    finally:
+        runner.close()
+        proxy.down()
+
+    assert code == 0, runner.tail()  # not killed by the test's SIGKILL
+    assert "Traceback" not in runner.output()
 
 
 def test_sigterm_abandons_a_step_waiting_on_the_database_and_its_message_comes_back(

@@ -279,6 +279,39 @@ def autostep_process(
             print(process.tail())
 
 
+def _need(binaries: tuple[str, ...]) -> None:
+    missing = missing_binaries(binaries)
+    if missing:
+        message = f"{', '.join(missing)} not on PATH: install the server to run this test"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running PostgreSQL server of this test alone, which it may stop and start."""
+    _need(POSTGRES_BINARIES)
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    """A running RabbitMQ node of this test alone, which it may crash and start."""
+    _need(RABBITMQ_BINARIES)
+    server = PrivateRabbit()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def relay_settings() -> dict[str, str]:
     """Extra environment variables for the relay (override point)."""
@@ -318,36 +351,3 @@ def runner_process(
         env=runner_settings,
         ready=runner_connected,
     )
-
-
-def _need(binaries: tuple[str, ...]) -> None:
-    missing = missing_binaries(binaries)
-    if missing:
-        message = f"{', '.join(missing)} not on PATH: install the server to run this test"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A running PostgreSQL server of this test alone, which it may stop and start."""
-    _need(POSTGRES_BINARIES)
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def private_rabbit() -> Iterator[PrivateRabbit]:
-    """A running RabbitMQ node of this test alone, which it may crash and start."""
-    _need(RABBITMQ_BINARIES)
-    server = PrivateRabbit()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()

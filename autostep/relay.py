@@ -216,19 +216,34 @@ class Relay:
         self.stopping.set()
 
     def run(self) -> None:
-        """Relay until :meth:`stop`; reconnect with capped, jittered backoff on failures."""
+        """Relay until :meth:`stop`; reconnect with capped, jittered backoff on failures.
+
+        An outage logs one warning when it begins (and one more if its reason
+        changes, say from a lost connection to a refused one), and one line
+        when the relay is connected again.
+        """
         delay = RECONNECT_MIN_SECONDS
+        outage: tuple[float, str] | None = None  # since when, and the last reason
         while not self.stopping.is_set():
             broken = False
             try:
                 self.connect()
+                if outage is not None:
+                    log.info("relay back after %.1fs", time.monotonic() - outage[0])
+                    outage = None
                 delay = RECONNECT_MIN_SECONDS
                 self._loop()
             except (InfrastructureError, psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
                 broken = True
-                pause = random.uniform(delay / 2, delay)
                 reason = (str(exc) or type(exc).__name__).splitlines()[0]
-                log.warning("relay lost a connection (%s); retrying in %.1fs", reason, pause)
+                if outage is None or outage[1] != reason:
+                    log.warning(
+                        "relay lost a connection (%s); reconnecting every %.0fs at most",
+                        reason,
+                        RECONNECT_MAX_SECONDS,
+                    )
+                outage = (outage[0] if outage else time.monotonic(), reason)
+                pause = random.uniform(delay / 2, delay)
                 self.stopping.wait(pause)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             finally:

@@ -1,16 +1,21 @@
 """Engine and unit of work over SQLAlchemy 2 and psycopg 3.
 
 Every write autostep makes goes through :func:`unit_of_work`: business rows and
-the outbox rows announcing them commit together or not at all. Losing the
-database is translated here, in one place, into
-:class:`~autostep.exceptions.DatabaseUnavailable` (:func:`database_outages`),
-which the function runners answer by requeueing and the relay by reconnecting.
+the outbox rows announcing them commit together or not at all. What the
+database's errors mean is decided here, in one place
+(:func:`database_outages`): a deadlock or a serialization failure (SQLSTATE
+40P01, 40001) becomes :class:`~autostep.exceptions.TransactionConflict`, which
+the function runners answer by running the transaction again at once; losing
+the database becomes :class:`~autostep.exceptions.DatabaseUnavailable`, which
+the runners answer by holding the message until :func:`database_answers`, and
+the relay by reconnecting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, create_engine
@@ -18,13 +23,17 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.cooperative import make_psycopg_cooperative
-from autostep.exceptions import DatabaseUnavailable
-from autostep.settings import Settings, get_settings
+from autostep.exceptions import DatabaseUnavailable, TransactionConflict
+from autostep.settings import Settings, get_settings, libpq_dsn
 
 __all__ = [
     "DATABASE_OUTAGES",
+    "TRANSACTION_CONFLICTS",
+    "database_answers",
     "database_outages",
+    "discard_connection",
     "dispose_engines",
+    "error_summary",
     "make_engine",
     "make_session_factory",
     "shared_engine",
@@ -40,6 +49,13 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     psycopg.InterfaceError,
 )
 
+#: SQLSTATEs of a transaction the server rolled back to resolve a conflict with
+#: another (a deadlock, a serialization failure): running it again succeeds.
+TRANSACTION_CONFLICTS = frozenset({"40P01", "40001"})
+
+#: Seconds :func:`database_answers` waits for the server.
+PROBE_TIMEOUT = 2
+
 #: Checkout timeout of the side pool: a side task gives up rather than wait.
 SIDE_POOL_TIMEOUT = 1.0
 
@@ -54,7 +70,7 @@ def make_engine(settings: Settings | None = None, *, url: str | None = None) -> 
         max_overflow=settings.db_pool_size,
         # No pre-ping: it costs a round trip per checkout on the hot path; a
         # dead connection fails its statement, is dropped from the pool, and
-        # the runner requeues the message (InfrastructureError).
+        # the runner handles the message again (DatabaseUnavailable).
     )
 
 
@@ -109,8 +125,67 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 @contextmanager
 def database_outages() -> Iterator[None]:
-    """Raise :class:`DatabaseUnavailable` for any of :data:`DATABASE_OUTAGES` inside."""
+    """Translate the database's errors inside into autostep's.
+
+    A deadlock or serialization failure (:data:`TRANSACTION_CONFLICTS`)
+    raises :class:`TransactionConflict`; any other of
+    :data:`DATABASE_OUTAGES` raises :class:`DatabaseUnavailable`. Both carry
+    the server's message on one line.
+    """
     try:
         yield
     except DATABASE_OUTAGES as exc:
-        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        sqlstate = _sqlstate(exc)
+        if sqlstate in TRANSACTION_CONFLICTS:
+            raise TransactionConflict(
+                f"{type(_driver_error(exc)).__name__}: {error_summary(exc)}", sqlstate=sqlstate
+            ) from exc
+        raise DatabaseUnavailable(f"database unavailable: {error_summary(exc)}") from exc
+
+
+def database_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the database at ``url`` accepts a new connection and answers a query.
+
+    On a connection of its own, not from a pool (whose connections may be
+    dead after an outage), giving up after ``timeout`` seconds.
+    """
+    try:
+        with psycopg.connect(
+            libpq_dsn(url), autocommit=True, connect_timeout=max(1, round(timeout))
+        ) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def discard_connection(session: Session) -> None:
+    """Cancel what ``session``'s connection is running, and drop it from its pool.
+
+    For a connection whose statement was cut short on the client side (a
+    timeout): psycopg is mid-command on it, and the server would otherwise
+    go on running the statement, holding its locks, until it ends.
+    """
+    connection = session.connection()
+    driver_connection = connection.connection.dbapi_connection
+    if isinstance(driver_connection, psycopg.Connection):
+        # dropping it is what matters; without the cancel the server ends it when it notices
+        with suppress(psycopg.Error):
+            driver_connection.cancel_safe(timeout=PROBE_TIMEOUT)
+    connection.invalidate()
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """psycopg's own error behind a SQLAlchemy one."""
+    return getattr(exc, "orig", None) or exc
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    sqlstate: Any = getattr(_driver_error(exc), "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def error_summary(exc: BaseException) -> str:
+    """The first line of the driver's message: no SQL, no parameters, no traceback."""
+    text = str(_driver_error(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

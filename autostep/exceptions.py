@@ -17,6 +17,7 @@
     ├── InternalError             something unexpected failed; the server logged it in full
     └── InfrastructureError       the database or broker misbehaved
         ├── DatabaseUnavailable   PostgreSQL cannot be reached or dropped the connection
+        ├── TransactionConflict   PostgreSQL rolled a transaction back (deadlock, serialization)
         └── BrokerUnavailable     RabbitMQ cannot be reached or stopped confirming
 
 Third-party errors are translated where they arise, with ``raise … from exc``:
@@ -45,6 +46,7 @@ __all__ = [
     "RetryableError",
     "StaleAttempt",
     "StepError",
+    "TransactionConflict",
 ]
 
 
@@ -123,3 +125,15 @@ class DatabaseUnavailable(InfrastructureError):
 
 class BrokerUnavailable(InfrastructureError):
     """RabbitMQ could not be reached, or stopped confirming what was published."""
+
+
+class TransactionConflict(InfrastructureError):
+    """PostgreSQL rolled a transaction back to resolve a deadlock or a serialization failure.
+
+    Not an outage: running the transaction again at once succeeds.
+    ``sqlstate`` is ``40P01`` (deadlock) or ``40001`` (serialization).
+    """
+
+    def __init__(self, message: str, *, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate

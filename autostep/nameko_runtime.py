@@ -6,6 +6,12 @@ does it first thing), then psycopg is made cooperative, nameko's config is
 filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
 :func:`log_expected_errors_in_one_line` keeps nameko from logging a
 traceback for errors that are the caller's (a missing job, a bad name).
+
+Stopping is bounded: the services stop gracefully (no new messages, running
+workers finish) for at most ``stop_timeout_seconds``, then they are killed,
+whatever the broker or the database is doing, also while they are still
+starting (waiting for a broker that is down). A step killed that way never
+committed, and its message, never acknowledged, is delivered again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import eventlet
+from eventlet.queue import LightQueue
 from nameko import config
 from nameko.runners import ServiceRunner
 
@@ -28,7 +35,10 @@ __all__ = [
     "log_expected_errors_in_one_line",
     "nameko_config",
     "run_services",
+    "stop_within",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Errors an entrypoint raises for its caller: logged in one line, no traceback.
 #: (:class:`InternalError` is logged in full where it is raised.)
@@ -89,12 +99,39 @@ def run_services(services: list[type], on_started: Callable[[], None] | None = N
     for service in services:
         runner.add_service(service)
 
+    # What happens first: the services started, or a signal stopped them (a
+    # service waiting for a broker that is down may never finish starting).
+    progress: LightQueue[str] = LightQueue()
+
+    def start() -> None:
+        runner.start()
+        progress.put("started")
+
+    def stop() -> None:
+        stop_within(runner, get_settings().stop_timeout_seconds)
+        progress.put("stopped")
+
+    stopping: list[bool] = []
+
     def shutdown(signum: int, frame: Any) -> None:
-        eventlet.spawn_n(runner.stop)
+        if not stopping:  # a second signal changes nothing
+            stopping.append(True)
+            eventlet.spawn_n(stop)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    runner.start()
+    eventlet.spawn_n(start)
+    if progress.get() == "stopped":
+        return
     if on_started is not None:
         on_started()
     runner.wait()
+
+
+def stop_within(runner: ServiceRunner, seconds: float) -> None:
+    """Stop ``runner`` gracefully, or kill its services after ``seconds``."""
+    with eventlet.Timeout(seconds, False):
+        runner.stop()
+        return
+    log.warning("services did not stop within %s s; abandoning the running steps", seconds)
+    runner.kill()

@@ -30,6 +30,18 @@ One loop per relay process:
 5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
    insert), the next delayed row, or the polling fallback.
 
+**Outages.** The relay reads its broker connection while it waits, every
+:data:`TICK_SECONDS`, and keeps AMQP heartbeats going
+(``relay_heartbeat_seconds``), so it notices a broker that restarted, or a
+connection that went silent, within a second or two even when idle. A pass
+whose publication fails releases its claim on the way out (the database is
+usually fine when the broker is not), so its rows go out as soon as the
+relay is back. It then reconnects both servers, retrying every
+:data:`RECONNECT_MAX_SECONDS` at most (with jitter), so it is back within a
+couple of seconds of a server's return. Connecting and every wait are
+bounded, so :meth:`Relay.stop` (SIGTERM) takes effect within a few seconds
+even while a server is down or unresponsive.
+
 The owner of shard 0 also prunes inbox rows older than
 ``inbox_retention_days`` (:func:`autostep.inbox.prune`). Publishing twice is
 possible (a crash between publish and delete); consumers are idempotent
@@ -38,9 +50,11 @@ through the inbox, so the effect happens once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import select
 import threading
 import time
 import uuid
@@ -65,6 +79,15 @@ log = logging.getLogger(__name__)
 MEMBER_LOCK = 0x61730001
 SHARD_LOCK = 0x61730002
 RELEASE_BACKOFF_SECONDS = 2.0
+#: How often a waiting relay reads its broker connection and drives heartbeats.
+TICK_SECONDS = 0.5
+#: Seconds a connection attempt (TCP and handshake) to either server may take.
+CONNECT_TIMEOUT_SECONDS = 3.0
+#: Seconds the broker has to confirm a batch before the relay gives up on it.
+CONFIRM_TIMEOUT_SECONDS = 30.0
+#: Reconnection delays: the first, and the most (each drawn with jitter below it).
+RECONNECT_MIN_SECONDS = 0.25
+RECONNECT_MAX_SECONDS = 2.0
 
 CLAIM = """
 UPDATE outbox SET lease_token = %(token)s,
@@ -131,6 +154,7 @@ class Relay:
         self._db: psycopg.Connection[Any] | None = None
         self._amqp: amqp.Connection | None = None
         self._channel: Any = None
+        self._declaring: Any = None
         self._declared: set[str] = set()
         self._batch = Publication()
         self._next_tag = 1
@@ -140,7 +164,11 @@ class Relay:
     # -- lifecycle ----------------------------------------------------------
 
     def connect(self) -> None:
-        db = psycopg.connect(libpq_dsn(self.settings.database_url), autocommit=True)
+        db = psycopg.connect(
+            libpq_dsn(self.settings.database_url),
+            autocommit=True,
+            connect_timeout=math.ceil(CONNECT_TIMEOUT_SECONDS),
+        )
         db.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (MEMBER_LOCK,))
         db.execute("LISTEN autostep_outbox")
         # A lost claim only delays rows until the lease ends; a lost delete
@@ -148,7 +176,14 @@ class Relay:
         # for the WAL flush on the relay's own commits.
         db.execute("SET synchronous_commit = off")
         self._db = db
-        conn = amqp.Connection(**amqp_params(self.settings.amqp_uri))
+        conn = amqp.Connection(
+            **amqp_params(
+                self.settings.amqp_uri,
+                heartbeat=self.settings.relay_heartbeat_seconds,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+            )
+        )
+        self._amqp = conn
         conn.connect()
         channel = conn.channel()
         channel.confirm_select()
@@ -156,42 +191,67 @@ class Relay:
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
         declare_base(channel)
-        self._amqp, self._channel = conn, channel
+        # Queues are declared on a channel of their own: a refused declaration
+        # closes its channel, and must not take the publishes' confirms with it.
+        self._channel, self._declaring = channel, conn.channel()
         self._declared.clear()
         self._next_tag = 1
         self.rebalance()
         log.info("relay connected, holding %d of %d shards", len(self.shards), SHARDS)
 
-    def close(self) -> None:
+    def close(self, *, broken: bool = False) -> None:
+        """Close both connections; ``broken``: drop the broker's without a closing handshake."""
+        if broken and self._amqp is not None:
+            self._amqp.collect()
         for resource in (self._amqp, self._db):
             if resource is not None:
                 try:
                     resource.close()
                 except Exception:  # closing a broken connection
                     log.debug("error while closing", exc_info=True)
-        self._amqp = self._db = self._channel = None
+        self._amqp = self._db = self._channel = self._declaring = None
         self.shards.clear()
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
-        """Relay until :meth:`stop`; reconnect with backoff on failures."""
-        delay = 0.5
+        """Relay until :meth:`stop`; reconnect with capped, jittered backoff on failures.
+
+        An outage logs one warning when it begins (and one more if its reason
+        changes, say from a lost connection to a refused one), and one line
+        when the relay is connected again.
+        """
+        delay = RECONNECT_MIN_SECONDS
+        outage: tuple[float, str] | None = None  # since when, and the last reason
         while not self.stopping.is_set():
+            broken = False
             try:
                 self.connect()
-                delay = 0.5
+                if outage is not None:
+                    log.info("relay back after %.1fs", time.monotonic() - outage[0])
+                    outage = None
+                delay = RECONNECT_MIN_SECONDS
                 self._loop()
             except (InfrastructureError, psycopg.Error, amqp.exceptions.AMQPError, OSError) as exc:
-                log.warning("relay lost a connection (%s); retrying in %.1fs", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 15.0)
+                broken = True
+                reason = (str(exc) or type(exc).__name__).splitlines()[0]
+                if outage is None or outage[1] != reason:
+                    log.warning(
+                        "relay lost a connection (%s); reconnecting every %.0fs at most",
+                        reason,
+                        RECONNECT_MAX_SECONDS,
+                    )
+                outage = (outage[0] if outage else time.monotonic(), reason)
+                pause = random.uniform(delay / 2, delay)
+                self.stopping.wait(pause)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             finally:
-                self.close()
+                self.close(broken=broken)
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            self.tend_broker()
             if time.monotonic() - self._rebalanced_at > self.settings.relay_rebalance_seconds:
                 self.rebalance()
             if 0 in self.shards and time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
@@ -237,10 +297,19 @@ class Relay:
     # -- one pass -----------------------------------------------------------
 
     def pass_once(self) -> int:
-        """Claim, publish and settle one batch; return how many rows it held."""
+        """Claim, publish and settle one batch; return how many rows it held.
+
+        If the publication fails, the claim is released before the error
+        goes on (see :meth:`release_failed`).
+        """
         claim = self.claim()
         if claim.rows:
-            self.settle(claim, self.publish(claim))
+            try:
+                publication = self.publish(claim)
+            except BaseException:
+                self.release_failed(claim)
+                raise
+            self.settle(claim, publication)
         return len(claim.rows)
 
     def claim(self) -> Claim:
@@ -266,7 +335,7 @@ class Relay:
         self._batch = batch = Publication()
         for row in claim.rows:
             if row["mandatory"] and row["routing_key"] not in self._declared:
-                declare_step_queue(channel, row["routing_key"])
+                self._declaring = declare_step_queue(self._declaring, row["routing_key"])
                 self._declared.add(row["routing_key"])
             message = amqp.Message(
                 row["body"],
@@ -286,12 +355,14 @@ class Relay:
             batch.rows[self._next_tag] = row
             batch.outstanding.add(self._next_tag)
             self._next_tag += 1
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
         while batch.outstanding:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerUnavailable("publisher confirms timed out")
-            conn.drain_events(timeout=remaining)
+            with contextlib.suppress(TimeoutError):  # no frame within the tick
+                conn.drain_events(timeout=min(remaining, TICK_SECONDS))
+            conn.heartbeat_tick()
         return batch
 
     def settle(self, claim: Claim, publication: Publication) -> None:
@@ -307,6 +378,25 @@ class Relay:
             }
             db.execute(RELEASE, params)
         self.published += len(publication.acked)
+
+    def release_failed(self, claim: Claim) -> None:
+        """After a failed publication: delete what the broker confirmed, release the rest now.
+
+        The rows go out again as soon as a relay can publish, instead of
+        waiting for their lease to run out. The database may be gone too:
+        then the leases run out, or the next owner of the shards releases them.
+        """
+        batch = self._batch
+        claimed = {row["id"] for row in claim.rows}
+        acked = batch.acked & claimed
+        params = {"ids": list(claimed - acked), "token": claim.token, "delay": 0.0}
+        try:
+            db = self._require_db()
+            if acked:
+                db.execute(DELETE, {"ids": list(acked), "token": claim.token})
+            db.execute(RELEASE, params)
+        except (InfrastructureError, psycopg.Error) as exc:
+            log.info("could not release the rows of a failed publication (%s)", exc)
 
     def _confirm(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
         batch = self._batch
@@ -349,12 +439,35 @@ class Relay:
         rebalance_in = self.settings.relay_rebalance_seconds - elapsed
         return max(0.0, min(timeout, rebalance_in))
 
+    def tend_broker(self) -> None:
+        """Read what the broker sent meanwhile, and send a heartbeat if one is due.
+
+        Raises (``OSError`` or an AMQP error) when the broker closed the
+        connection or fell silent for two heartbeat intervals.
+        """
+        conn = self._amqp
+        if conn is None or conn.sock is None:
+            raise BrokerUnavailable("relay is not connected")
+        # Frames first (heartbeats among them), so a relay that was busy
+        # elsewhere does not take the broker's silence for death.
+        while select.select([conn.sock], [], [], 0)[0]:
+            try:
+                conn.drain_events(timeout=TICK_SECONDS)
+            except TimeoutError:
+                break
+        conn.heartbeat_tick()
+
     def _wait(self, timeout: float) -> None:
-        if timeout <= 0:
-            return
+        """Wait for a NOTIFY, at most ``timeout`` seconds, tending the broker meanwhile."""
         db = self._require_db()
-        for _ in db.notifies(timeout=timeout, stop_after=1):
-            break
+        deadline = time.monotonic() + timeout
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if any(True for _ in db.notifies(timeout=min(remaining, TICK_SECONDS), stop_after=1)):
+                break
+            self.tend_broker()
         # Drain notifications that piled up meanwhile, without waiting.
         for _ in db.notifies(timeout=0):
             pass

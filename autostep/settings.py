@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = 1.0
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
+    #: Relay: AMQP heartbeat interval; a broker silent for two of them is taken for dead.
+    relay_heartbeat_seconds: int = 2
     #: Inbox rows (seen message ids) are kept this long, then pruned by a relay.
     inbox_retention_days: int = 7
     #: Runner: a step still running after this many seconds is shown as running.
@@ -61,6 +63,9 @@ class Settings(BaseSettings):
     registry_grace_seconds: float = Field(
         default_factory=lambda data: 3 * data["registry_heartbeat_seconds"]
     )
+    #: Runner: seconds a SIGTERM waits for running steps before abandoning them
+    #: (their messages, never acknowledged, are delivered again).
+    stop_timeout_seconds: float = 8.0
 
 
 @lru_cache(maxsize=1)
@@ -74,18 +79,26 @@ def libpq_dsn(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def amqp_params(uri: str) -> dict[str, Any]:
+def amqp_params(uri: str, *, heartbeat: int = 0, timeout: float | None = None) -> dict[str, Any]:
     """py-amqp ``Connection`` arguments from an ``amqp://user:pass@host:port/vhost`` URI.
 
-    Heartbeats are off: callers that sit idle on a connection must check it
-    before they use it.
+    ``heartbeat`` (seconds; 0 turns heartbeats off) is what the client
+    proposes; py-amqp sends and checks heartbeats only when the caller drives
+    them with ``Connection.heartbeat_tick()``, so a caller that cannot do so
+    leaves them off and checks the connection before it uses it.
+    ``timeout`` bounds connecting (TCP and the AMQP handshake) and each
+    socket read or write without a timeout of its own (closing included);
+    ``None`` waits as long as the operating system does.
     """
     parts = urlparse(uri)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return {
+    params: dict[str, Any] = {
         "host": f"{parts.hostname or 'localhost'}:{parts.port or 5672}",
         "userid": unquote(parts.username or "guest"),
         "password": unquote(parts.password or "guest"),
         "virtual_host": vhost,
-        "heartbeat": 0,
+        "heartbeat": heartbeat,
     }
+    if timeout is not None:
+        params.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+    return params

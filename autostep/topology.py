@@ -11,11 +11,20 @@ The relay declares a step queue before it first publishes to it, so a step
 message waits in its queue until a runner for the function starts; the
 function runners declare the same queues, with the same arguments, through
 kombu (:mod:`autostep.functions.entrypoint`).
+
+A queue's arguments are fixed when it is created. When a step queue exists
+with other arguments (``AUTOSTEP_DELIVERY_LIMIT`` changed since, say) the
+broker refuses the declaration; :func:`declare_step_queue` then logs the
+difference and binds the queue as it is. Arguments of existing queues are
+changed with a RabbitMQ policy, never by declaring them again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import amqp
 
 from autostep.settings import get_settings
 
@@ -34,6 +43,8 @@ STEPS_EXCHANGE = "autostep.steps"
 EVENTS_EXCHANGE = "autostep.events"
 DEAD_EXCHANGE = "autostep.dead"
 DEAD_QUEUE = "autostep.dead"
+
+log = logging.getLogger(__name__)
 
 
 def step_queue_name(function: str) -> str:
@@ -57,8 +68,28 @@ def declare_base(channel: Any) -> None:
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, "")
 
 
-def declare_step_queue(channel: Any, function: str) -> None:
-    """Declare and bind ``function``'s step queue on a py-amqp channel."""
+def declare_step_queue(channel: Any, function: str) -> Any:
+    """Declare and bind ``function``'s step queue on a py-amqp channel; the channel to go on with.
+
+    If the queue exists with other arguments, the broker closes ``channel``
+    (``PRECONDITION_FAILED``): this logs one warning that names the queue and
+    the difference, checks on a new channel of the same connection that the
+    queue is there (a passive declare), binds it as it is, and returns that
+    channel. Any other refusal is raised.
+    """
     name = step_queue_name(function)
-    channel.queue_declare(name, durable=True, auto_delete=False, arguments=step_queue_arguments())
+    try:
+        channel.queue_declare(
+            name, durable=True, auto_delete=False, arguments=step_queue_arguments()
+        )
+    except amqp.exceptions.PreconditionFailed as exc:
+        log.warning(
+            "step queue %s exists with other arguments; publishing to it as it is"
+            " (change a queue's arguments with a policy): %s",
+            name,
+            exc.reply_text,
+        )
+        channel = channel.connection.channel()
+        channel.queue_declare(name, passive=True)
     channel.queue_bind(name, STEPS_EXCHANGE, function)
+    return channel

@@ -51,6 +51,7 @@ FAILURES = "tests/service/test_failures.py"
 ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
 JOB_CONTROL = "tests/service/test_job_control.py"
+RUNNER_FAULTS = "tests/service/test_runner_faults.py"
 
 MUTATIONS = (
     Mutation(
@@ -98,7 +99,8 @@ MUTATIONS = (
         "rerun-runs-succeeded-steps-again",
         "a rerun never runs a step that succeeded again",
         "autostep/runs.py",
-        "        if process.status == ProcessStatus.SUCCEEDED:\n            copy = _reused(job, process)",
+        "        if process.status == ProcessStatus.SUCCEEDED:\n"
+        "            copy = _reused(job, process)",
         "        if False:\n            copy = _reused(job, process)",
         (JOB_CONTROL,),
     ),
@@ -145,12 +147,78 @@ MUTATIONS = (
     ),
     Mutation(
         "outage-acks-and-drops",
-        "never ack-and-drop: a database outage requeues the message",
+        "never ack-and-drop: a database outage holds the message",
         "autostep/functions/entrypoint.py",
+        "            _OUTAGE.lost(str(exc))\n",
+        "            return Disposition.ACK\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "outage-uses-deliveries",
+        "a database outage costs no delivery: the message is held, not requeued",
+        "autostep/functions/entrypoint.py",
+        "            _OUTAGE.lost(str(exc))\n",
         "            eventlet.sleep(REQUEUE_PAUSE_SECONDS)\n"
-        "            self.consumer.requeue_message(message)",
-        "            self.consumer.ack_message(message)",
+        "            return Disposition.REQUEUE\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "lost-connection-held-forever",
+        "a message that always loses its connection is dead-lettered in the end",
+        "autostep/functions/entrypoint.py",
+        "                if lost_while_answering > LOST_CONNECTION_RETRIES:\n",
+        "                if False:\n",
         (FAILURES,),
+    ),
+    Mutation(
+        "killed-worker-goes-on",
+        "a worker killed while it waits for its running mark records no failure",
+        "autostep/functions/runner.py",
+        "                if marker:  # started and not finished: let it finish\n",
+        "                with __import__('contextlib').suppress(\n"
+        "                    __import__('greenlet').GreenletExit\n"
+        "                ):\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "held-through-stop",
+        "a runner that stops gives a message held through an outage back",
+        "autostep/functions/entrypoint.py",
+        "            stopping=lambda: self.stopping,\n",
+        "            stopping=lambda: False,\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "deadlock-is-an-outage",
+        "a deadlock runs the step again at once, with one log line",
+        "autostep/db.py",
+        "        if sqlstate in TRANSACTION_CONFLICTS:\n",
+        "        if False:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "ack-error-kills-runner",
+        "an ack on a dropped broker connection never kills the runner",
+        "autostep/functions/entrypoint.py",
+        "    except _BROKER_CONNECTION_ERRORS as exc:\n",
+        "    except AMQPError as exc:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "undecodable-dropped",
+        "a body that is not JSON is dead-lettered, not dropped",
+        "autostep/functions/entrypoint.py",
+        "    def on_decode_error(self, message: Any, exc: Exception) -> None:\n",
+        "    def _on_decode_error(self, message: Any, exc: Exception) -> None:\n",
+        (RUNNER_FAULTS,),
+    ),
+    Mutation(
+        "unbounded-stop",
+        "SIGTERM stops a runner within its stop timeout",
+        "autostep/nameko_runtime.py",
+        "            eventlet.spawn_n(stop_within, runner, get_settings().stop_timeout_seconds)\n",
+        "            eventlet.spawn_n(runner.stop)\n",
+        (RUNNER_FAULTS,),
     ),
     Mutation(
         "no-delivery-limit",
@@ -182,6 +250,54 @@ MUTATIONS = (
         "autostep/relay.py",
         "        if taken:\n            db.execute(RELEASE_TAKEN_OVER",
         "        if False:\n            db.execute(RELEASE_TAKEN_OVER",
+        (RELAY,),
+    ),
+    Mutation(
+        "relay-deaf-while-idle",
+        "an idle relay notices a broker connection that ended, and reconnects",
+        "autostep/relay.py",
+        "    def tend_broker(self) -> None:\n",
+        "    def tend_broker(self) -> None:\n        return\n",
+        (RELAY,),
+    ),
+    Mutation(
+        "relay-without-heartbeats",
+        "an idle relay notices a broker connection that went silent, and reconnects",
+        "autostep/relay.py",
+        "heartbeat=self.settings.relay_heartbeat_seconds,",
+        "heartbeat=0,",
+        (RELAY,),
+    ),
+    Mutation(
+        "failed-publication-keeps-claim",
+        "rows of a failed publication go out at once, not after their lease",
+        "autostep/relay.py",
+        "                self.release_failed(claim)\n",
+        "                pass\n",
+        (RELAY,),
+    ),
+    Mutation(
+        "relay-slow-reconnect",
+        "a relay is back within seconds of its broker's return",
+        "autostep/relay.py",
+        "self.stopping.wait(pause)\n                delay = min(delay * 2, RECONNECT_MAX_SECONDS)",
+        "self.stopping.wait(delay)\n                delay = min(delay * 2, 15.0)",
+        (RELAY,),
+    ),
+    Mutation(
+        "relay-unbounded-connect",
+        "SIGTERM stops a relay within seconds while a server does not answer",
+        "autostep/relay.py",
+        "            connect_timeout=math.ceil(CONNECT_TIMEOUT_SECONDS),\n",
+        "",
+        (RELAY,),
+    ),
+    Mutation(
+        "queue-arguments-wedge-relay",
+        "a step queue that exists with other arguments is published to as it is",
+        "autostep/topology.py",
+        "    except amqp.exceptions.PreconditionFailed as exc:\n",
+        "    except ZeroDivisionError as exc:\n",
         (RELAY,),
     ),
 )

@@ -1,25 +1,47 @@
 """The nameko entrypoint that feeds step messages to a function service.
 
-A :class:`StepConsumer` is nameko's queue ``Consumer`` with three changes:
-the worker receives the AMQP ``message_id`` (the outbox id, the key of the
-inbox) and the headers besides the body; an infrastructure failure requeues
-the message after a short pause instead of acking and dropping it (nameko's
-default); and a message that is not a step message is rejected to the
-dead-letter exchange at once. The
-queue's ``x-delivery-limit`` bounds the requeues, then RabbitMQ dead-letters.
+A :class:`StepConsumer` is nameko's queue ``Consumer``, changed so that the
+servers' faults never lose a message, never kill the runner and never use up
+a message's deliveries (on a quorum queue every return of a message, by
+requeue, reject or a closed channel, counts toward its ``x-delivery-limit``):
+
+- the worker receives a :class:`Delivery` (the body, the AMQP ``message_id``
+  that keys the inbox, the headers, the queue, whether the runner is
+  stopping) and answers with a :class:`Disposition`: ack it, dead-letter it,
+  or give it back. :func:`settle` turns the work's outcome into one, logging
+  one line for each expected trouble;
+- a database outage keeps the message unacknowledged: :func:`settle` waits
+  (backoff up to :data:`OUTAGE_BACKOFF_MAX_SECONDS`) until the database
+  answers, then handles the message again, so an outage of minutes costs no
+  delivery; only a runner that stops gives the message back;
+- a message that cannot be processed (not a step message, an unknown
+  process, a body that is not JSON or not UTF-8) is rejected without
+  requeue: RabbitMQ dead-letters it to ``autostep.dead``;
+- an ack, requeue or reject on a connection the broker dropped logs one line
+  instead of killing the container: the broker delivers the message again
+  and the inbox absorbs the duplicate.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any
 
 import eventlet
+from amqp.exceptions import AMQPError
 from kombu.entity import Exchange, Queue
+from nameko.amqp.consume import Consumer as ConsumerCore
 from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import Consumer
+from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.exceptions import PoisonMessage
+from autostep.db import database_answers
+from autostep.exceptions import DatabaseUnavailable, PoisonMessage
 from autostep.settings import get_settings
 from autostep.topology import (
     DEAD_EXCHANGE,
@@ -29,26 +51,305 @@ from autostep.topology import (
     step_queue_name,
 )
 
-__all__ = ["StepConsumer", "dead_letter_consumer", "dead_queue", "step_consumer", "step_queue"]
+__all__ = [
+    "Delivery",
+    "Disposition",
+    "StepConsumer",
+    "StepQueueConsumer",
+    "dead_letter_consumer",
+    "dead_queue",
+    "settle",
+    "step_consumer",
+    "step_queue",
+]
 
-#: Pause before a message whose handling hit an outage goes back to the queue.
+log = logging.getLogger(__name__)
+
+#: Pause before a message whose handling failed unexpectedly goes back to the queue.
 REQUEUE_PAUSE_SECONDS = 1.0
+#: Backoff between checks of a database that does not answer: first, and longest.
+OUTAGE_BACKOFF_SECONDS = 0.5
+OUTAGE_BACKOFF_MAX_SECONDS = 5.0
+#: Times a message is handled again at once when it lost its database
+#: connection while the database answers (a connection dropped by the server,
+#: a stale pooled one) before it goes back to the queue.
+LOST_CONNECTION_RETRIES = 2
+#: Slice of a pause after which a worker checks whether the runner is stopping.
+STOP_CHECK_SECONDS = 0.1
+
+#: What the broker raises when its connection is gone: the socket's own errors
+#: (``ConnectionResetError``, ``BrokenPipeError``) and py-amqp's.
+_BROKER_CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, AMQPError)
+
+
+class Disposition(enum.StrEnum):
+    """What becomes of a message once its worker is done with it."""
+
+    #: Handled (or a duplicate): remove it from the queue.
+    ACK = "ack"
+    #: It cannot be processed: reject it without requeue (dead-lettered).
+    REJECT = "reject"
+    #: Not handled now: give it back to the queue (this counts as a delivery).
+    REQUEUE = "requeue"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a worker receives it."""
+
+    body: Any
+    message_id: str | None
+    headers: dict[str, Any]
+    queue: str
+    #: Whether the runner is stopping (then a held message is given back).
+    stopping: Callable[[], bool]
+
+
+class _OutageLog:
+    """One log line when the database is lost and one when it answers, per process."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def lost(self, error: str) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s; holding messages unacknowledged until it answers", error)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "database answers again after %.1f s; handling the held messages",
+                time.monotonic() - self.since,
+            )
+            self.since = None
+
+
+_OUTAGE = _OutageLog()
+
+
+def settle(
+    delivery: Delivery, work: Callable[[], object], factory: sessionmaker[Session]
+) -> Disposition:
+    """Run ``work`` for ``delivery``; what to do with the message afterwards.
+
+    :class:`PoisonMessage` rejects it. :class:`DatabaseUnavailable` while the
+    database does not answer holds it: ``work`` runs again once the database
+    at ``factory``'s engine answers, however long that takes, unless the
+    runner stops. When the database answers although ``work`` lost it, ``work``
+    runs again :data:`LOST_CONNECTION_RETRIES` times, then the message goes
+    back to the queue (a delivery: a message that always loses its
+    connection is dead-lettered in the end). Any other exception propagates:
+    it is unexpected.
+    """
+    url = factory.kw["bind"].url.render_as_string(hide_password=False)
+    lost_while_answering = 0
+    while True:
+        try:
+            work()
+        except PoisonMessage as exc:
+            log.warning(
+                "dead-lettering message %s from %s: %s", delivery.message_id, delivery.queue, exc
+            )
+            return Disposition.REJECT
+        except DatabaseUnavailable as exc:
+            if delivery.stopping():
+                return _give_back(delivery, exc)
+            if database_answers(url):
+                lost_while_answering += 1
+                if lost_while_answering > LOST_CONNECTION_RETRIES:
+                    log.warning(
+                        "message %s from %s lost its database connection %d times while the"
+                        " database answers; giving it back to the queue: %s",
+                        delivery.message_id,
+                        delivery.queue,
+                        lost_while_answering,
+                        exc,
+                    )
+                    return Disposition.REQUEUE
+                log.info(
+                    "message %s from %s lost its database connection; handling it again: %s",
+                    delivery.message_id,
+                    delivery.queue,
+                    exc,
+                )
+                continue
+            _OUTAGE.lost(str(exc))
+            if not _wait_for_database(url, delivery):
+                return _give_back(delivery, exc)
+            _OUTAGE.answered()
+        else:
+            return Disposition.ACK
+
+
+def _wait_for_database(url: str, delivery: Delivery) -> bool:
+    """Wait until the database answers (True) or the runner stops (False)."""
+    delay = OUTAGE_BACKOFF_SECONDS
+    while True:
+        if not _pause(delay, delivery.stopping):
+            return False
+        if database_answers(url):
+            return True
+        delay = min(delay * 2, OUTAGE_BACKOFF_MAX_SECONDS)
+
+
+def _pause(seconds: float, stopping: Callable[[], bool]) -> bool:
+    """Sleep ``seconds``; False as soon as the runner is stopping."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stopping():
+            return False
+        eventlet.sleep(min(left, STOP_CHECK_SECONDS))
+    return not stopping()
+
+
+def _give_back(delivery: Delivery, exc: Exception) -> Disposition:
+    log.info(
+        "runner stopping: giving message %s back to %s (%s)",
+        delivery.message_id,
+        delivery.queue,
+        exc,
+    )
+    return Disposition.REQUEUE
+
+
+class StepQueueConsumer(ConsumerCore):
+    """nameko's kombu consumer with settlements that survive a dropped connection.
+
+    A body kombu cannot decode (not JSON, not UTF-8, another content type)
+    is rejected without requeue (dead-lettered) on a step queue, and
+    acknowledged on the dead-letter queue, with one log line either way.
+    """
+
+    #: Whether this queue dead-letters what it rejects (step queues do).
+    dead_letters = True
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        queue = self.queues[0].name
+        message_id = message.properties.get("message_id")
+        if self.dead_letters:
+            log.warning("dead-lettering undecodable message %s from %s: %s", message_id, queue, exc)
+            self.reject_message(message)
+        else:
+            log.error(
+                "dropping undecodable dead letter %s from %s: %s (%d bytes)",
+                message_id,
+                queue,
+                exc,
+                len(message.body or b""),
+            )
+            self.ack_message(message)
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        """Consume until stopped, reconnecting (kombu's loop, with a one-line log)."""
+        while not self.should_stop:
+            try:
+                if self.restart_limit.can_consume(_tokens):
+                    for _ in self.consume(limit=None, **kwargs):
+                        pass
+                else:
+                    eventlet.sleep(self.restart_limit.expected_time(_tokens))
+            except self._connection_errors as exc:
+                log.warning(
+                    "connection to the broker lost while consuming %s (%s: %s); reconnecting",
+                    self.queues[0].name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        log.warning(
+            "cannot connect to the broker for %s (%s); retrying in %s s",
+            self.queues[0].name,
+            exc,
+            interval,
+        )
+
+    @cached_property
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        connection = self.connection
+        return tuple(connection.connection_errors + connection.channel_errors)
+
+    def ack_message(self, message: Any) -> None:
+        _settle_safely(message, "ack", message.ack)
+
+    def requeue_message(self, message: Any) -> None:
+        _settle_safely(message, "requeue", message.requeue)
+
+    def reject_message(self, message: Any) -> None:
+        _settle_safely(message, "reject", partial(message.reject, requeue=False))
+
+
+def _settle_safely(message: Any, action: str, settle_message: Callable[[], None]) -> None:
+    """Ack, requeue or reject ``message``; one log line if the connection is gone.
+
+    The broker takes back what an unsettled message of a closed channel
+    holds, and delivers it again.
+    """
+    if not message.channel.connection:
+        log.info(
+            "could not %s message %s: its channel is closed (it will be delivered again)",
+            action,
+            message.properties.get("message_id"),
+        )
+        return
+    try:
+        settle_message()
+    except _BROKER_CONNECTION_ERRORS as exc:
+        log.warning(
+            "could not %s message %s: %s: %s (it will be delivered again)",
+            action,
+            message.properties.get("message_id"),
+            type(exc).__name__,
+            exc,
+        )
 
 
 class StepConsumer(Consumer):
-    """Consumes ``queue`` and passes (body, message_id, headers) to the worker."""
+    """Consumes ``queue`` and passes a :class:`Delivery` to the worker.
 
-    def __init__(self, queue: Queue, **kwargs: Any) -> None:
+    The worker returns a :class:`Disposition`; an exception it raises (an
+    unexpected one: nameko logs its traceback) requeues the message after
+    :data:`REQUEUE_PAUSE_SECONDS`.
+    """
+
+    consumer_cls = StepQueueConsumer
+
+    def __init__(self, queue: Queue, *, dead_letters: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("prefetch_count", get_settings().prefetch_count)
         super().__init__(queue=queue, requeue_on_error=True, **kwargs)
+        self.dead_letters = dead_letters
+        self.stopping = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.consumer.dead_letters = self.dead_letters
+
+    def start(self) -> None:
+        self.stopping = False
+        super().start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        super().stop()
+
+    def kill(self) -> None:
+        self.stopping = True
+        super().kill()
 
     def handle_message(self, body: Any, message: Any) -> None:
-        args = (body, message.properties.get("message_id"), message.headers or {})
+        delivery = Delivery(
+            body=body,
+            message_id=message.properties.get("message_id"),
+            headers=message.headers or {},
+            queue=self.queue.name,
+            stopping=lambda: self.stopping,
+        )
         handle_result = partial(self.handle_result, message)
 
         def spawn_worker() -> None:
             try:
-                self.container.spawn_worker(self, args, {}, handle_result=handle_result)
+                self.container.spawn_worker(self, (delivery,), {}, handle_result=handle_result)
             except ContainerBeingKilled:
                 self.consumer.requeue_message(message)
 
@@ -57,14 +358,16 @@ class StepConsumer(Consumer):
     def handle_message_processed(
         self, message: Any, result: Any = None, exc_info: Any = None
     ) -> None:
-        if exc_info is None:
-            self.consumer.ack_message(message)
-        elif isinstance(exc_info[1], PoisonMessage):
-            if message.channel.connection:
-                message.reject(requeue=False)
-        else:
-            eventlet.sleep(REQUEUE_PAUSE_SECONDS)
+        if exc_info is not None:
+            if not self.stopping:
+                eventlet.sleep(REQUEUE_PAUSE_SECONDS)
             self.consumer.requeue_message(message)
+        elif result == Disposition.REJECT:
+            self.consumer.reject_message(message)
+        elif result == Disposition.REQUEUE:
+            self.consumer.requeue_message(message)
+        else:
+            self.consumer.ack_message(message)
 
 
 def step_consumer(function: str) -> Any:
@@ -74,7 +377,7 @@ def step_consumer(function: str) -> Any:
 
 def dead_letter_consumer() -> Any:
     """Decorate a worker method to receive the dead-lettered messages."""
-    return StepConsumer.decorator(dead_queue())
+    return StepConsumer.decorator(dead_queue(), dead_letters=False)
 
 
 def step_queue(function: str) -> Queue:

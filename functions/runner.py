@@ -21,40 +21,57 @@ For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
 
 A crash anywhere before a commit leaves the message unacknowledged, RabbitMQ
 redelivers it, and the inbox makes the redelivery a no-op once a commit
-happened. Database outages are *not* step failures: they raise
-:class:`~autostep.exceptions.DatabaseUnavailable` and the entrypoint requeues
-the message.
+happened. The database's own trouble is never a step failure: a deadlock or
+a serialization failure runs the message's transaction again at once (up to
+:data:`CONFLICT_RETRIES` times, then it counts as an outage); an outage raises
+:class:`~autostep.exceptions.DatabaseUnavailable`, and the entrypoint holds
+the message until the database answers again. A worker killed while it runs
+(a runner that stops) leaves no trace: its transaction rolls back and the
+message comes back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import eventlet
-from greenlet import GreenletExit
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import inbox, runs
-from autostep.db import DATABASE_OUTAGES, database_outages, side_session_factory, unit_of_work
+from autostep.db import (
+    DATABASE_OUTAGES,
+    database_outages,
+    discard_connection,
+    side_session_factory,
+    unit_of_work,
+)
 from autostep.exceptions import (
+    DatabaseUnavailable,
     NotFoundError,
     PermanentError,
     PoisonMessage,
     RetryableError,
     StaleAttempt,
+    TransactionConflict,
 )
 from autostep.messages import StepMessage, parse_step_message
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 from autostep.settings import get_settings
 
-__all__ = ["StepOutcome", "record_failure", "run_step"]
+__all__ = ["CONFLICT_RETRIES", "StepOutcome", "record_failure", "retry_conflicts", "run_step"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Times a message's transaction runs again at once after a deadlock or a
+#: serialization failure, before the conflict is treated as an outage.
+CONFLICT_RETRIES = 3
 
 
 class StepOutcome(enum.StrEnum):
@@ -77,15 +94,46 @@ def run_step(
 
     Raises :class:`PoisonMessage` for a message that is unreadable or fits no
     process, and :class:`~autostep.exceptions.DatabaseUnavailable` when the
-    database is lost.
+    database is lost (or its transaction kept conflicting with others).
     """
     message, msg_id = parse_step_message(body, message_id)
     try:
-        with database_outages():
-            return _run(factory, spec, message, msg_id, consumer)
+        return retry_conflicts(
+            lambda: _run(factory, spec, message, msg_id, consumer),
+            f"step {message.step} attempt {message.attempt}",
+        )
     except NotFoundError as exc:
         # A runner wired to another database than the relay that published.
         raise PoisonMessage(f"step message for an unknown process: {exc}") from exc
+
+
+def retry_conflicts(work: Callable[[], T], what: str) -> T:
+    """Run the transactions of ``work`` with the database's errors translated.
+
+    After a deadlock or a serialization failure (PostgreSQL rolled the
+    transaction back) ``work`` runs again at once, up to
+    :data:`CONFLICT_RETRIES` times, with one log line naming ``what``; then
+    the conflict counts as an outage: :class:`DatabaseUnavailable`, as when
+    the database is lost.
+    """
+    conflicts = 0
+    while True:
+        try:
+            with database_outages():
+                return work()
+        except TransactionConflict as exc:
+            conflicts += 1
+            if conflicts > CONFLICT_RETRIES:
+                raise DatabaseUnavailable(
+                    f"{what}: transaction still conflicting after {conflicts} tries: {exc}"
+                ) from exc
+            log.info(
+                "%s: %s; running its transaction again (%d of %d)",
+                what,
+                exc,
+                conflicts,
+                CONFLICT_RETRIES,
+            )
 
 
 def _run(
@@ -117,13 +165,19 @@ def _run(
                 side_session_factory(session.get_bind().engine),
                 message,
             )
+            timeout = RetryableError(f"timed out after {policy.timeout}s")
             try:
-                timeout = RetryableError(f"timed out after {policy.timeout}s")
                 with eventlet.Timeout(policy.timeout, timeout):
                     output = spec.call(message.input, context)
+            except RetryableError as exc:
+                if exc is timeout:
+                    # it may have cut a statement short: the connection is mid-command
+                    discard_connection(session)
+                raise
             finally:
-                marker.cancel()  # not started yet: it never runs; else let it finish
-                with contextlib.suppress(GreenletExit):
+                marker.cancel()  # not started yet: it never runs
+                if marker:  # started and not finished: let it finish
+                    # (a kill of this worker while it waits goes on up)
                     marker.wait()
             runs.complete_process(
                 session, message.process_id, message.attempt, output, started_at=started_at
@@ -169,8 +223,10 @@ def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
     try:
         with unit_of_work(factory) as session:
             runs.mark_running(session, message.job_id, message.process_id, message.attempt)
-    except Exception:  # only a display state: the step goes on regardless
-        log.warning("could not mark %s running", message.process_id, exc_info=True)
+    except Exception as exc:  # only a display state: the step goes on regardless
+        log.warning(
+            "could not mark %s running: %s: %s", message.process_id, type(exc).__name__, exc
+        )
 
 
 def _retry_delay(exc: Exception, policy: RetryPolicy, attempt: int) -> float | None:

@@ -12,20 +12,24 @@
 
 Each service is named ``fn_<function>``, has the :class:`Database`
 dependency and one :class:`StepConsumer` entrypoint that delegates to
-:func:`autostep.functions.runner.run_step`. Its :class:`FunctionRegistration`
-keeps the function in the function registry while the service runs, so
-publishing and queued steps can tell whether anyone serves it.
+:func:`autostep.functions.runner.run_step` (through
+:func:`~autostep.functions.entrypoint.settle`, which holds the message through
+database outages and says whether to ack, dead-letter or requeue it). Its
+:class:`FunctionRegistration` keeps the function in the function registry
+while the service runs, so publishing and queued steps can tell whether
+anyone serves it.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.dependencies import Database, FunctionRegistration
 from autostep.exceptions import NotFoundError
-from autostep.functions.entrypoint import step_consumer
+from autostep.functions.entrypoint import Delivery, settle, step_consumer
 from autostep.functions.runner import run_step
 from autostep.nameko_runtime import configure_from_environment
 from autostep.sdk import REGISTRY, FunctionSpec
@@ -37,9 +41,12 @@ def service_for(spec: FunctionSpec) -> type:
     """A nameko service class running ``spec``'s step messages."""
     service_name = f"fn_{spec.name.replace('-', '_')}"
 
-    def handle(self: Any, body: Any, message_id: str | None, headers: dict[str, Any]) -> str:
+    def handle(self: Any, delivery: Delivery) -> str:
         factory: sessionmaker[Session] = self.db
-        return str(run_step(factory, spec, body, message_id, consumer=service_name))
+        work = partial(
+            run_step, factory, spec, delivery.body, delivery.message_id, consumer=service_name
+        )
+        return str(settle(delivery, work, factory))
 
     namespace = {
         "name": service_name,

@@ -172,4 +172,23 @@ def gate(inp: Gate, ctx: StepContext) -> Number:
     return Number(value=inp.value)
 
 
+class Locks(BaseModel):
+    #: Advisory lock keys, taken in this order.
+    keys: list[int] = []
+
+
+@function(name="t_locks", retries=3)
+def locks(inp: Locks, ctx: StepContext) -> Loose:
+    """Takes the advisory locks ``keys`` in order in the step's transaction, then records.
+
+    Waits for whoever holds one; the locks go with the transaction. Records
+    its call first, outside the transaction.
+    """
+    calls = _record_call(ctx)
+    for key in inp.keys:
+        ctx.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    _record(ctx, calls)
+    return Loose(calls=calls)
+
+
 globals().update(services_for(__name__))

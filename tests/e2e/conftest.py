@@ -11,6 +11,10 @@ stopped at teardown.
 
 Override points: ``relay_settings`` and ``runner_settings`` (extra
 environment variables for those processes).
+
+``private_postgres`` and ``private_rabbit`` start servers of the test's own
+(:mod:`tests.e2e.servers`), for tests that stop or crash a server; they are
+stopped and removed at teardown, also when the test fails.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ import pytest
 
 from autostep.relay import MEMBER_LOCK
 from autostep.settings import libpq_dsn
+from tests.conftest import in_ci
+from tests.e2e.servers import (
+    POSTGRES_BINARIES,
+    RABBITMQ_BINARIES,
+    PrivatePostgres,
+    PrivateRabbit,
+    missing_binaries,
+)
 
 __all__ = ["REPO_ROOT", "Cli", "ManagedProcess", "autostep_command", "runner_connected"]
 
@@ -266,6 +278,39 @@ def autostep_process(
         for process in started:
             print(f"\n===== {process!r}: last {TAIL_LINES} lines of {process.log_path}")
             print(process.tail())
+
+
+def _need(binaries: tuple[str, ...]) -> None:
+    missing = missing_binaries(binaries)
+    if missing:
+        message = f"{', '.join(missing)} not on PATH: install the server to run this test"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running PostgreSQL server of this test alone, which it may stop and start."""
+    _need(POSTGRES_BINARIES)
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    """A running RabbitMQ node of this test alone, which it may crash and start."""
+    _need(RABBITMQ_BINARIES)
+    server = PrivateRabbit()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

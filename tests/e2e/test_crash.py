@@ -1,4 +1,9 @@
-"""Kills of the function runner and of two relays lose no step and double no effect.
+"""Kills of the processes, and outages of the servers, lose no step and double no effect.
+
+Two tests. The first kills autostep's processes, as described here; the
+second (:func:`test_a_database_outage_and_broker_crashes_lose_and_double_no_step`)
+takes the servers away instead, on a PostgreSQL server and a RabbitMQ node
+of its own (:mod:`tests.e2e.servers`), and no process is restarted.
 
 A workflow of ``t_add`` steps with a fan-out (``s1`` -> ``each`` over three
 items -> ``s3`` -> ``s4``) runs for a few hundred jobs, started in batches
@@ -87,7 +92,8 @@ import pytest
 from sqlalchemy import text
 
 from autostep.catalog import create_project, publish_workflow
-from autostep.db import unit_of_work
+from autostep.db import make_engine, make_session_factory, unit_of_work
+from autostep.migrate import upgrade
 from autostep.relay import SHARD_LOCK
 from autostep.runs import start_job
 from autostep.settings import libpq_dsn
@@ -97,8 +103,15 @@ from autostep.topology import (
     STEPS_EXCHANGE,
     step_queue_name,
 )
-from tests.e2e.conftest import ManagedProcess, relay_holds_membership
+from tests.e2e.conftest import (
+    RUNNER_MODULES,
+    ManagedProcess,
+    relay_holds_membership,
+    runner_connected,
+)
+from tests.e2e.servers import PrivatePostgres, PrivateRabbit
 from tests.helpers import Tap
+from tests.stepfuncs import EFFECT_TABLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.crash]
 
@@ -795,3 +808,178 @@ def _check_doubled_steps(session_factory: Any, seed: int, doubled: set[Publicati
     assert len(effects) == len(processes) and not not_once, (
         f"seed {seed}: steps published twice without exactly one effect: {not_once[:10]}"
     )
+
+
+# -- outages of the servers --------------------------------------------------------
+
+#: Jobs started just before each fault (so that it hits steps in flight), and while
+#: the broker is down.
+OUTAGE_BATCH = 80
+WHILE_BROKER_DOWN = 40
+#: Steps that must succeed after a batch of jobs started before the next fault
+#: (the platform works again after the last one), and how long they may take.
+STEPS_BEFORE_FAULT = 60
+PROGRESS_TIMEOUT = 60.0
+DATABASE_OUTAGE_SECONDS = 60.0
+#: Seconds into the database outage the broker is killed (and booted again).
+BROKER_CRASH_INTO_OUTAGE = 15.0
+OUTAGE_SETTLE_TIMEOUT = 120.0
+#: Deadlocks PostgreSQL detected in the current database since its statistics began.
+DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+
+
+SUCCEEDED_STEPS = "SELECT count(*) FROM process WHERE kind = 'task' AND status = 'succeeded'"
+
+
+@dataclass
+class Faults:
+    """What the faults hit: per fault, the jobs unfinished at that moment."""
+
+    unfinished: dict[str, int] = field(default_factory=dict)
+    #: Per fault, the steps that succeeded between the batch before it and the fault.
+    steps_before: dict[str, int] = field(default_factory=dict)
+    #: Deadlocks counted before the database stopped (an immediate stop discards the count).
+    deadlocks_before_outage: int = 0
+
+    def start_batch(
+        self,
+        fault: str,
+        session_factory: Any,
+        project: str,
+        rng: random.Random,
+        jobs: dict[str, JobInput],
+    ) -> None:
+        """Start a batch of jobs and wait until steps succeed again, then note what is unfinished.
+
+        Returns when STEPS_BEFORE_FAULT steps succeeded (or after PROGRESS_TIMEOUT:
+        the test then fails on the count), so each fault hits a platform that
+        works again after the previous one, with steps in flight.
+        """
+        before = _scalar(session_factory, SUCCEEDED_STEPS)
+        _start_jobs(session_factory, project, rng, OUTAGE_BATCH, jobs)
+        _wait_until(
+            lambda: _scalar(session_factory, SUCCEEDED_STEPS) - before >= STEPS_BEFORE_FAULT,
+            PROGRESS_TIMEOUT,
+            interval=0.05,
+        )
+        self.steps_before[fault] = _scalar(session_factory, SUCCEEDED_STEPS) - before
+        self.unfinished[fault] = len(_running(session_factory, list(jobs)))
+
+
+@pytest.mark.timeout(300)
+def test_a_database_outage_and_broker_crashes_lose_and_double_no_step(
+    private_postgres: PrivatePostgres,
+    private_rabbit: PrivateRabbit,
+    autostep_process: Callable[..., ManagedProcess],
+) -> None:
+    """A 60 s database outage and two broker crashes, on private servers, under load.
+
+    One runner and two relays work on a PostgreSQL server and a RabbitMQ node
+    of this test's own. Two faults, each once a batch of jobs started and
+    its first steps succeeded (so the platform works again after the fault
+    before), while the rest of the batch runs: the broker is killed
+    (SIGKILL) and booted again on its data while more jobs are started; the
+    database stops at once (an immediate shutdown kills every session, as a
+    crash would) and starts 60 s later, and 15 s into that outage the broker
+    is killed and booted again, while the runner holds the messages it had
+    for the database. A last batch of jobs starts when the database is back.
+    No autostep process is restarted: each must ride the faults out. Then
+    every job must have succeeded with one effect per step, in order;
+    nothing may be dead-lettered or left in a queue; the runner and the
+    relays must be the processes started at the beginning; and PostgreSQL
+    must have detected no deadlock.
+    """
+    began = time.monotonic()
+    rng = random.Random(0)
+    url = private_postgres.create_database("autostep")
+    upgrade(url)
+    engine = make_engine(url=url)
+    factory = make_session_factory(engine)
+    project = "outages"
+    with unit_of_work(factory) as session:
+        session.execute(text(EFFECT_TABLE))
+        create_project(session, project)
+        publish_workflow(session, project, WORKFLOW)
+    env = {"AUTOSTEP_DATABASE_URL": url, "AUTOSTEP_AMQP_URI": private_rabbit.uri}
+    runner = autostep_process(
+        "runner", "functions", "run", *RUNNER_MODULES, env=env, ready=runner_connected
+    )
+    ready = relay_holds_membership(url)
+    relays = [
+        autostep_process(name, "relay", env={**env, **RELAY_ENV}, ready=ready) for name in RELAYS
+    ]
+    processes = [runner, *relays]
+    pids = {process.name: process.pid for process in processes}
+    jobs: dict[str, JobInput] = {}
+    faults = Faults()
+
+    # 1. the broker crashes while steps run, and is down while jobs start
+    faults.start_batch("broker crash 1", factory, project, rng, jobs)
+    private_rabbit.crash()
+    _start_jobs(factory, project, rng, WHILE_BROKER_DOWN, jobs)
+    private_rabbit.start()
+
+    # 2. the database is gone for a minute, and meanwhile the broker crashes again:
+    #    the runner holds the messages it had, unacknowledged, for the database
+    faults.start_batch("database outage", factory, project, rng, jobs)
+    faults.deadlocks_before_outage = _scalar(factory, DEADLOCKS)
+    private_postgres.stop()
+    stopped = time.monotonic()
+    engine.dispose()  # the test's own connections died with the server
+    time.sleep(BROKER_CRASH_INTO_OUTAGE)
+    private_rabbit.crash()
+    private_rabbit.start()
+    time.sleep(max(0.0, DATABASE_OUTAGE_SECONDS - (time.monotonic() - stopped)))
+    private_postgres.start()
+    outage = time.monotonic() - stopped
+
+    # 3. more jobs while the backlog of the outage is worked off
+    _start_jobs(factory, project, rng, OUTAGE_BATCH, jobs)
+    faults_ended = time.monotonic()
+
+    job_ids = list(jobs)
+
+    def alive() -> dict[str, int | None]:
+        return {process.name: process.pid for process in processes if process.is_running()}
+
+    tap = Tap(private_rabbit.uri, [])
+    try:
+        finished = _wait_until(
+            lambda: alive() != pids or not _running(factory, job_ids), OUTAGE_SETTLE_TIMEOUT
+        )
+        # nobody exited, nobody was restarted
+        assert alive() == pids, f"processes that exited: {set(pids) - set(alive())}"
+        assert [process.starts for process in processes] == [1, 1, 1]
+        assert finished, _report(factory, tap, 0, _running(factory, job_ids))
+        settled = time.monotonic()
+        drained = _wait_until(
+            lambda: _scalar(factory, "SELECT count(*) FROM outbox") == 0, OUTBOX_DRAIN_TIMEOUT
+        )
+        assert drained, f"outbox not drained: {_report(factory, tap, 0, [])}"
+        dead = tap.messages_in(DEAD_QUEUE)
+        waiting = tap.messages_in(step_queue_name("t_add"))
+    finally:
+        tap.close()
+    print(
+        f"\noutages: {len(jobs)} jobs, {TASKS_PER_JOB * len(jobs)} steps;"
+        f" steps done since the batch before each fault {faults.steps_before},"
+        f" jobs unfinished at it {faults.unfinished};"
+        f" database down {outage:.1f}s; faults over after {faults_ended - began:.1f}s,"
+        f" settled {settled - faults_ended:.1f}s later, total {time.monotonic() - began:.1f}s"
+    )
+
+    # each fault hit a working platform, with work in flight
+    worked = {fault: steps >= STEPS_BEFORE_FAULT for fault, steps in faults.steps_before.items()}
+    assert all(worked.values()), f"no progress before a fault: {faults.steps_before}"
+    assert all(faults.unfinished.values()), f"a fault hit no unfinished job: {faults.unfinished}"
+    # nothing lost, nothing doubled, nothing dead-lettered
+    _check_jobs(factory, 0, jobs)
+    _check_processes(factory, 0, jobs)
+    _check_effects(factory, 0, job_ids)
+    died = _scalar(factory, "SELECT count(*) FROM inbox WHERE consumer = 'deadletters'")
+    assert (died, dead, waiting) == (0, 0, 0), "dead-lettered, dead, waiting step messages"
+    # no deadlock: counted by PostgreSQL, and none reported to a process
+    deadlocks = faults.deadlocks_before_outage + _scalar(factory, DEADLOCKS)
+    reported = [p.name for p in processes if "deadlock detected" in p.output().lower()]
+    assert (deadlocks, reported) == (0, []), "deadlocks detected, processes that saw one"
+    engine.dispose()

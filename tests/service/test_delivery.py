@@ -258,8 +258,19 @@ def test_a_dead_lettered_step_fails_its_process_and_job_once(
         )
     assert view["status"] == "failed"
     assert view["processes"][0]["status"] == "failed"
-    assert "dead-lettered: delivery_limit on autostep.fn.t_add after 10" in view["error"]
+    # RabbitMQ 3.10 drops x-delivery-count from a dead letter: the limit (10) plus one
+    assert "dead-lettered: delivery_limit on autostep.fn.t_add after 11 deliveries" in view["error"]
     assert events == 2  # started, failed: the second call changed nothing
+
+
+def test_the_death_reason_counts_deliveries() -> None:
+    death = {"reason": "delivery_limit", "queue": "autostep.fn.t_add", "count": 1}
+    kept = {"x-death": [death], "x-delivery-count": 10}  # a broker that keeps the header
+    rejected = {"x-death": [{**death, "reason": "rejected"}]}
+
+    assert death_reason(kept) == "delivery_limit on autostep.fn.t_add after 11 deliveries"
+    assert death_reason(rejected) == "rejected on autostep.fn.t_add"
+    assert death_reason({}) == "rejected"
 
 
 def test_the_relay_prunes_inbox_rows_past_retention(session_factory: Any) -> None:

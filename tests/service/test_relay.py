@@ -12,7 +12,16 @@ the races they guard against would, without sleeping on luck:
   claimed, at once and in order;
 - a row the broker nacks or returns stays in the outbox and is published
   again after a backoff (a returned step message's queue is declared again);
-- a relay that loses its database session reconnects and goes on.
+- a relay that loses its database session reconnects and goes on;
+- a relay notices, while idle, a broker connection that ended or went
+  silent, and reconnects; a pass whose publication failed releases its
+  claim; a relay reconnects within a couple of seconds of the broker's
+  return; SIGTERM stops it within seconds while a server does not answer;
+- a step queue that exists with other arguments is published to as it is.
+
+Broker faults go through :class:`BrokerProxy`, a TCP proxy in front of the
+session's broker that a test can cut, silence or shut, so the shared
+broker itself is never disturbed.
 
 The rows are events of a made-up type on ``autostep.events``; a tap queue
 bound to that type sees every publication.
@@ -20,9 +29,18 @@ bound to that type sees every publication.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import eventlet
 import psycopg
@@ -35,10 +53,108 @@ from autostep.models import Outbox
 from autostep.outbox import SHARDS, OutboxWriter
 from autostep.relay import MEMBER_LOCK, Claim, Relay
 from autostep.settings import Settings, libpq_dsn
-from autostep.topology import EVENTS_EXCHANGE, step_queue_name
+from autostep.topology import (
+    EVENTS_EXCHANGE,
+    step_queue_arguments,
+    step_queue_name,
+)
 from tests.helpers import Tap
 
 ROWS = 12
+#: Seconds within which a relay must notice a broker fault, or be back after one:
+#: a few heartbeats, far below the 30 s a relay waits for confirms.
+NOTICE_WITHIN = 8.0
+BACK_WITHIN = 3.5
+#: Seconds a relay may take to exit after SIGTERM while a server does not answer.
+STOP_WITHIN = 8.0
+
+
+class BrokerProxy:
+    """A TCP proxy in front of the broker, for the faults the broker's clients must survive.
+
+    - :meth:`cut` closes every proxied connection, as a broker restart does;
+    - :meth:`silence` stops forwarding on the connections open now, leaving
+      them open, as a NAT or load balancer that dropped an idle connection
+      does (new connections are forwarded);
+    - :meth:`shut` also refuses new connections until :meth:`open`.
+
+    :attr:`accepted` counts the connections clients opened through it.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlparse(upstream)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.accepted = 0
+        self._pipes: list[tuple[socket.socket, socket.socket, list[bool]]] = []
+        self._listener: socket.socket | None = None
+        self.port = 0
+        self._server: Any = None
+        self.open()
+        credentials = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else "guest:guest"
+        self.uri = urlunparse(parts._replace(netloc=f"{credentials}@127.0.0.1:{self.port}"))
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._server = eventlet.spawn(self._accept, listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.create_connection(self.upstream)
+            live = [True]
+            self._pipes.append((client, upstream, live))
+            eventlet.spawn(self._pump, client, upstream, live)
+            eventlet.spawn(self._pump, upstream, client, live)
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, live: list[bool]) -> None:
+        """Forward ``source`` to ``target`` until ``source`` ends; then close ``source``.
+
+        Each socket is closed by the one green thread that reads it, once it
+        stopped reading: closing a socket another green thread waits on
+        confuses eventlet when its descriptor number is reused at once.
+        """
+        try:
+            while data := source.recv(65536):
+                if live[0]:
+                    target.sendall(data)  # silenced: what arrives is dropped
+        except OSError:
+            pass
+        if live[0]:
+            with contextlib.suppress(OSError):
+                target.shutdown(socket.SHUT_RDWR)  # the end passes through
+        source.close()
+
+    def cut(self) -> None:
+        """End every proxied connection, both ways."""
+        for client, upstream, _ in self._pipes:
+            for end in (client, upstream):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+        self._pipes.clear()
+
+    def silence(self) -> None:
+        for _, _, live in self._pipes:
+            live[0] = False
+
+    def shut(self) -> None:
+        if self._listener is not None:
+            self._server.kill()
+            self._listener.close()
+            self._listener = None
+        self.cut()
+
+    def close(self) -> None:
+        self.shut()
 
 
 @pytest.fixture
@@ -75,6 +191,29 @@ def _relay(relays: list[Relay], shard: int | None, **settings: Any) -> Relay:
         relay.shards = {shard}
     relays.append(relay)
     return relay
+
+
+@pytest.fixture
+def proxy(amqp_uri: str) -> Iterator[BrokerProxy]:
+    broker = BrokerProxy(amqp_uri)
+    yield broker
+    broker.close()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        eventlet.sleep(0.05)
+    return True
+
+
+def _running(relay: Relay) -> Any:
+    """``relay.run()`` in a green thread, once it is connected and waiting."""
+    thread = eventlet.spawn(relay.run)
+    assert _wait_for(lambda: relay.shards != set(), 10), "the relay did not connect"
+    return thread
 
 
 def _job_in(shard: int) -> uuid.UUID:
@@ -277,3 +416,151 @@ def test_a_relay_that_loses_its_database_session_reconnects_and_goes_on(
     assert len(killed) == 1
     assert _left(session_factory, before + after) == []
     assert set(tap.message_ids()) == set(before + after)
+
+
+def test_an_idle_relay_notices_its_broker_connection_ended_and_reconnects(
+    session_factory: Any, proxy: BrokerProxy, kind: str, tap: Tap
+) -> None:
+    relay = Relay(Settings(amqp_uri=proxy.uri))
+    thread = _running(relay)
+    try:
+        proxy.cut()  # the broker restarted, say; the relay has nothing to publish
+        reconnected = _wait_for(lambda: proxy.accepted >= 2, NOTICE_WITHIN)
+        ids = _add_rows(session_factory, _job_in(31), kind, count=3)
+        published = _wait_for(lambda: not _left(session_factory, ids), NOTICE_WITHIN)
+    finally:
+        relay.stop()
+        thread.wait()
+
+    assert reconnected, "the idle relay did not notice that its connection ended"
+    assert published
+    assert sorted(set(tap.message_ids())) == sorted(ids)
+
+
+def test_an_idle_relay_notices_its_broker_connection_went_silent_and_reconnects(
+    session_factory: Any, proxy: BrokerProxy, kind: str, tap: Tap
+) -> None:
+    relay = Relay(Settings(amqp_uri=proxy.uri))
+    thread = _running(relay)
+    try:
+        proxy.silence()  # dropped by something in between: no end, no data
+        reconnected = _wait_for(lambda: proxy.accepted >= 2, NOTICE_WITHIN)
+        ids = _add_rows(session_factory, _job_in(37), kind, count=3)
+        published = _wait_for(lambda: not _left(session_factory, ids), NOTICE_WITHIN)
+    finally:
+        relay.stop()
+        thread.wait()
+
+    assert reconnected, "the idle relay did not notice that its connection went silent"
+    assert published
+    assert sorted(set(tap.message_ids())) == sorted(ids)
+
+
+def test_a_failed_publication_releases_its_claim_at_once(
+    session_factory: Any, relays: list[Relay], proxy: BrokerProxy, kind: str, tap: Tap
+) -> None:
+    shard = 41
+    failing = _relay(relays, shard, amqp_uri=proxy.uri, relay_lease_seconds=30)
+    other = _relay(relays, shard, relay_lease_seconds=30)
+    proxy.cut()
+    ids = _add_rows(session_factory, _job_in(shard), kind)
+
+    with pytest.raises(OSError):
+        failing.pass_once()
+    claim = other.claim()  # not 30 s later: now
+    other.settle(claim, other.publish(claim))
+
+    assert _ids(claim, ids) == ids
+    assert _left(session_factory, ids) == []
+    assert set(tap.message_ids()) == set(ids)
+
+
+def test_a_relay_is_back_within_seconds_of_its_brokers_return(
+    session_factory: Any, proxy: BrokerProxy, kind: str, tap: Tap
+) -> None:
+    relay = Relay(Settings(amqp_uri=proxy.uri))
+    thread = _running(relay)
+    try:
+        proxy.shut()  # the broker is gone for a while
+        ids = _add_rows(session_factory, _job_in(43), kind, count=3)
+        eventlet.sleep(9)  # reconnection attempts fail meanwhile
+        proxy.open()
+        back = _wait_for(lambda: not _left(session_factory, ids), BACK_WITHIN)
+    finally:
+        relay.stop()
+        thread.wait()
+
+    assert back, f"rows not published within {BACK_WITHIN}s of the broker's return"
+    assert sorted(set(tap.message_ids())) == sorted(ids)
+
+
+@pytest.mark.parametrize("hung", ["database", "broker"])
+def test_sigterm_stops_a_relay_within_seconds_while_a_server_does_not_answer(
+    platform_env: dict[str, str], hung: str
+) -> None:
+    # A server that does not answer: connections are accepted (by the kernel) and
+    # never served, as a frozen server or a dropped route leaves them.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        variable, url = {
+            "database": (
+                "AUTOSTEP_DATABASE_URL",
+                f"postgresql+psycopg://postgres@127.0.0.1:{port}/x",
+            ),
+            "broker": ("AUTOSTEP_AMQP_URI", f"amqp://guest:guest@127.0.0.1:{port}/"),
+        }[hung]
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "autostep.cli", "relay"],
+            env={**os.environ, **platform_env, variable: url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            eventlet.sleep(1.5)  # started, and waiting for the silent server
+            relay.send_signal(signal.SIGTERM)
+            try:
+                code = relay.wait(STOP_WITHIN)
+            except subprocess.TimeoutExpired:
+                code = None
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+            output = relay.communicate()[0].decode(errors="replace")
+
+    assert code == 0, f"relay still running {STOP_WITHIN}s after SIGTERM:\n{output}"
+
+
+def test_a_step_queue_with_other_arguments_is_published_to_as_it_is(
+    session_factory: Any, relays: list[Relay], amqp_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    function = f"t_other_{uuid.uuid4().hex[:6]}"
+    shard = 47
+    job_id = _job_in(shard)
+    admin = Tap(amqp_uri, [])
+    other = {**step_queue_arguments(), "x-delivery-limit": 3}
+    admin.channel.queue_declare(
+        step_queue_name(function), durable=True, auto_delete=False, arguments=other
+    )
+    message = StepMessage(
+        process_id=uuid.uuid4(), job_id=job_id, step="s", function=function, attempt=1, input={}
+    )
+    with unit_of_work(session_factory) as session:
+        out = OutboxWriter(session, job_id)
+        row_id = str(out.step(message))
+        out.flush()
+    relay = _relay(relays, shard, relay_batch_size=100)
+
+    with caplog.at_level(logging.WARNING, logger="autostep"):
+        relay.pass_once()
+        relay.pass_once()  # the queue counts as declared: no second warning
+    queued = admin.messages_in(step_queue_name(function))
+    admin.channel.queue_delete(step_queue_name(function))
+    admin.close()
+
+    assert _left(session_factory, [row_id]) == []
+    assert queued == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert step_queue_name(function) in warnings[0] and "x-delivery-limit" in warnings[0]

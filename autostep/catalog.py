@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from autostep.definitions import (
+    DEFAULT_MAX_STEPS,
     StepDefinition,
     TransitionDefinition,
     WorkflowDefinition,
@@ -25,6 +26,7 @@ from autostep.definitions import (
 )
 from autostep.exceptions import ConflictError, NotFoundError
 from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.validation import Description, Name, check, check_payload
 
 __all__ = [
     "CompiledVersion",
@@ -46,9 +48,15 @@ class CompiledVersion:
     number: int
     start_step: str
     steps: dict[str, StepDefinition]
+    #: Steps a job of this version may enter before it fails (a runaway loop).
+    max_steps: int = DEFAULT_MAX_STEPS
 
     def step(self, name: str) -> StepDefinition:
         return self.steps[name]
+
+    def field(self, name: str) -> str:
+        """Where step ``name`` is in the definition, e.g. ``steps[1]``, for error messages."""
+        return f"steps[{list(self.steps).index(name)}]"
 
     def transitions(self, source: str) -> list[TransitionDefinition]:
         return self.steps[source].next
@@ -58,7 +66,12 @@ _VERSIONS: dict[uuid.UUID, CompiledVersion] = {}
 
 
 def create_project(session: Session, name: str, description: str = "") -> Project:
-    """A new project; :class:`ConflictError` if the name is taken."""
+    """A new project; :class:`ConflictError` if the name is taken.
+
+    A bad name or description is refused (:class:`InvalidInput`) before any SQL.
+    """
+    name = check(Name, name, field="name")
+    description = check(Description, description, field="description")
     project = Project(name=name, description=description)
     try:
         with session.begin_nested():
@@ -89,8 +102,11 @@ def publish_workflow(
     """Validate ``definition`` and store it as the workflow's next version.
 
     Creates the workflow on its first version. Raises
-    :class:`~autostep.exceptions.DefinitionError` naming the bad field.
+    :class:`~autostep.exceptions.DefinitionError` naming the bad field, and
+    :class:`~autostep.exceptions.InvalidInput` for a definition larger than
+    ``max_payload_bytes`` as JSON.
     """
+    check_payload(definition, field="definition")
     parsed = parse_definition(definition)
     owner = get_project(session, project)
     workflow = session.scalar(
@@ -167,7 +183,9 @@ def load_version(session: Session, version_id: uuid.UUID) -> CompiledVersion:
         raise NotFoundError(f"no workflow version {version_id}")
     definition = WorkflowDefinition.model_validate(row.definition)
     steps = {step.name: step for step in definition.steps}
-    compiled = CompiledVersion(row.id, row.workflow_id, row.number, row.start_step, steps)
+    compiled = CompiledVersion(
+        row.id, row.workflow_id, row.number, row.start_step, steps, definition.max_steps
+    )
     _VERSIONS[version_id] = compiled
     return compiled
 

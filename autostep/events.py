@@ -4,6 +4,8 @@ The engine writes one of these to the outbox with every change of a job or a
 process; the read models (:mod:`autostep.queries`) show jobs in the same
 shape, so the grid can apply an event or a fresh read alike. ``version``
 counts the row's changes: a follower keeps the highest it has seen.
+``waiting`` says why a queued process waits when no live runner serves its
+function (:mod:`autostep.registry`), None otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def job_event(job: Job) -> dict[str, Any]:
         "version_id": str(job.version_id),
         "status": str(job.status),
         "trigger": job.trigger,
+        "rerun_of": str(job.rerun_of) if job.rerun_of else None,
+        "steps": job.steps,
         "output": job.output,
         "error": job.error,
         "version": job.version,
@@ -37,8 +41,8 @@ def job_event(job: Job) -> dict[str, Any]:
     }
 
 
-def process_event(process: Process | Row[Any]) -> dict[str, Any]:
-    """The payload of ``process.updated``."""
+def process_event(process: Process | Row[Any], waiting: str | None = None) -> dict[str, Any]:
+    """The payload of ``process.updated``; ``waiting``: why a queued process waits."""
     finished = ProcessStatus(process.status).finished
     return {
         "id": str(process.id),
@@ -52,7 +56,9 @@ def process_event(process: Process | Row[Any]) -> dict[str, Any]:
         "attempt": process.attempt,
         "error": process.error,
         "output": process.output if finished else None,
+        "reused_from": str(process.reused_from) if process.reused_from else None,
         "version": process.version,
         "started_at": _iso(process.started_at),
         "finished_at": _iso(process.finished_at),
+        "waiting": waiting if process.status == ProcessStatus.QUEUED else None,
     }

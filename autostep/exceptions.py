@@ -6,13 +6,15 @@
     ├── StepError                 raised by user functions to steer retries
     │   ├── RetryableError        try again after ``delay`` (or the backoff)
     │   └── PermanentError        fail the process now, no more attempts
-    ├── DefinitionError           a workflow definition is invalid
-    │   └── ConditionError        a CEL expression does not compile
+    ├── InvalidInput              a caller sent a bad value (a name, a payload, a limit)
+    │   └── DefinitionError       a workflow definition is invalid
+    │       └── ConditionError    a CEL expression does not compile or uses unknown variables
     ├── NotFoundError             a project, workflow, version, job or module is missing
     ├── ConflictError             the thing exists already / wrong state
     │   └── StaleAttempt          a step message was overtaken by another attempt
     ├── PoisonMessage             a message no consumer can process: dead-lettered
     ├── JobStillRunning           a wait for a job to finish ran out of time
+    ├── InternalError             something unexpected failed; the server logged it in full
     └── InfrastructureError       the database or broker misbehaved
         ├── DatabaseUnavailable   PostgreSQL cannot be reached or dropped the connection
         ├── TransactionConflict   PostgreSQL rolled a transaction back (deadlock, serialization)
@@ -35,6 +37,8 @@ __all__ = [
     "DatabaseUnavailable",
     "DefinitionError",
     "InfrastructureError",
+    "InternalError",
+    "InvalidInput",
     "JobStillRunning",
     "NotFoundError",
     "PermanentError",
@@ -70,8 +74,8 @@ class PermanentError(StepError):
     """The step failed and trying again will not help: fail the process now."""
 
 
-class DefinitionError(AutostepError):
-    """A workflow definition was rejected; ``field`` names the offending part."""
+class InvalidInput(AutostepError):
+    """A value a caller sent was refused; ``field`` names it (``input``, ``steps[1].name``)."""
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -79,8 +83,12 @@ class DefinitionError(AutostepError):
         self.reason = message
 
 
+class DefinitionError(InvalidInput):
+    """A workflow definition was rejected; ``field`` names the offending part."""
+
+
 class ConditionError(DefinitionError):
-    """A CEL expression failed to compile."""
+    """A CEL expression failed to compile, or names a variable that does not exist there."""
 
 
 class NotFoundError(AutostepError):
@@ -93,6 +101,10 @@ class ConflictError(AutostepError):
 
 class StaleAttempt(ConflictError):
     """A step finished an attempt that another attempt (or the job) overtook."""
+
+
+class InternalError(AutostepError):
+    """Something failed that the caller can neither see nor fix; the server logged it in full."""
 
 
 class InfrastructureError(AutostepError):

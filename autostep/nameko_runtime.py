@@ -4,6 +4,8 @@ What ``nameko run`` does, for ``autostep functions run`` and
 ``autostep gateway run``: eventlet must already be monkey-patched (the CLI
 does it first thing), then psycopg is made cooperative, nameko's config is
 filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
+:func:`log_expected_errors_in_one_line` keeps nameko from logging a
+traceback for errors that are the caller's (a missing job, a bad name).
 
 Stopping is bounded: the services stop gracefully (no new messages, running
 workers finish) for at most ``stop_timeout_seconds``, then they are killed,
@@ -25,11 +27,43 @@ from nameko import config
 from nameko.runners import ServiceRunner
 
 from autostep.cooperative import make_psycopg_cooperative
+from autostep.exceptions import ConflictError, InternalError, InvalidInput, NotFoundError
 from autostep.settings import get_settings
 
-__all__ = ["nameko_config", "run_services", "stop_within"]
+__all__ = [
+    "configure_from_environment",
+    "log_expected_errors_in_one_line",
+    "nameko_config",
+    "run_services",
+    "stop_within",
+]
 
 log = logging.getLogger(__name__)
+
+#: Errors an entrypoint raises for its caller: logged in one line, no traceback.
+#: (:class:`InternalError` is logged in full where it is raised.)
+ONE_LINE_ERRORS = (NotFoundError, ConflictError, InvalidInput, InternalError)
+
+
+class _OneLineExpectedErrors(logging.Filter):
+    """Drops the traceback from nameko's log record of an expected caller error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ONE_LINE_ERRORS):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def log_expected_errors_in_one_line() -> None:
+    """Make nameko log :data:`ONE_LINE_ERRORS` of entrypoints in one line (idempotent).
+
+    nameko logs an entrypoint's expected exception as a warning with its
+    traceback (``nameko.containers``); unexpected ones keep theirs.
+    """
+    logger = logging.getLogger("nameko.containers")
+    if not any(isinstance(found, _OneLineExpectedErrors) for found in logger.filters):
+        logger.addFilter(_OneLineExpectedErrors())
 
 
 def nameko_config() -> dict[str, Any]:
@@ -43,9 +77,23 @@ def nameko_config() -> dict[str, Any]:
     }
 
 
+def configure_from_environment() -> None:
+    """Fill in what nameko's config lacks from the environment, for ``nameko run``.
+
+    ``nameko run mymodule`` reads its config from ``--config config.yaml`` or
+    ``--define``; whatever those leave out (``AMQP_URI``, ``DATABASE_URL``,
+    ...) comes from the same variables as every autostep process
+    (``AMQP_URI`` or ``AUTOSTEP_AMQP_URI``, ...). Expected errors log one line.
+    """
+    for key, value in nameko_config().items():
+        config.setdefault(key, value)
+    log_expected_errors_in_one_line()
+
+
 def run_services(services: list[type], on_started: Callable[[], None] | None = None) -> None:
     """Serve ``services`` until the process is told to stop."""
     make_psycopg_cooperative()
+    log_expected_errors_in_one_line()
     config.update(nameko_config())
     runner = ServiceRunner()
     for service in services:

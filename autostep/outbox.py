@@ -14,14 +14,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, delete, insert
 from sqlalchemy.orm import Session
 
 from autostep.messages import StepMessage
 from autostep.models import Outbox
 from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE
 
-__all__ = ["SHARDS", "OutboxWriter", "shard_of"]
+__all__ = ["SHARDS", "OutboxWriter", "shard_of", "withdraw_steps"]
 
 #: Core table: a plain multi-row INSERT, cheaper than the ORM's bulk path.
 OUTBOX_TABLE: Table = Outbox.__table__  # type: ignore[assignment]
@@ -87,3 +87,22 @@ class OutboxWriter:
                 # multi-row INSERT ("insertmanyvalues"): one round trip
                 self.session.execute(insert(OUTBOX_TABLE).returning(OUTBOX_TABLE.c.seq), rows)
         self.rows.clear()
+
+
+def withdraw_steps(session: Session, process_ids: list[uuid.UUID]) -> int:
+    """Delete the unsent step messages of cancelled processes; returns how many.
+
+    Rows a relay is publishing right now (leased) are left to it: their
+    runner finds the process finished and skips them.
+    """
+    if not process_ids:
+        return 0
+    table = OUTBOX_TABLE
+    deleted = session.connection().execute(
+        delete(table).where(
+            table.c.type == "step",
+            table.c.aggregate_id.in_(process_ids),
+            table.c.lease_token.is_(None),
+        )
+    )
+    return int(deleted.rowcount)

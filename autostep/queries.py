@@ -17,12 +17,33 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.catalog import get_workflow
+from autostep import registry
+from autostep.catalog import get_project, get_workflow
 from autostep.events import job_event, process_event
 from autostep.exceptions import JobStillRunning, NotFoundError
-from autostep.models import Job, JobStatus, Process
+from autostep.models import (
+    Job,
+    JobStatus,
+    Process,
+    ProcessStatus,
+    Project,
+    Workflow,
+    WorkflowVersion,
+)
+from autostep.validation import Limit, check
 
-__all__ = ["follow_job", "job_view", "list_jobs", "wait_for_job", "workflow_view"]
+__all__ = [
+    "follow_job",
+    "job_view",
+    "list_jobs",
+    "list_projects",
+    "list_workflows",
+    "wait_for_job",
+    "workflow_view",
+]
+
+#: Seconds between two reads of a followed job's view while a process is queued.
+QUEUED_REREAD_SECONDS = 5.0
 
 
 def workflow_view(
@@ -70,7 +91,11 @@ def workflow_view(
 
 
 def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
-    """The job ``job_id`` with its input, timings and processes in creation order."""
+    """The job ``job_id`` with its input, timings and processes in creation order.
+
+    Each queued process whose function has no live runner says so in
+    ``waiting`` (:func:`autostep.registry.waiting_reasons`), read now.
+    """
     job = session.get(Job, _job_key(job_id))
     if job is None:
         raise NotFoundError(f"no job {job_id}")
@@ -79,24 +104,73 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
         .where(Process.job_id == job.id)
         .order_by(Process.created_at, Process.item_index)
     ).all()
+    queued = {p.function for p in processes if p.status == ProcessStatus.QUEUED}
+    waiting = registry.waiting_reasons(session, queued)
     return {
         **job_event(job),
         "input": job.input,
         "created_at": job.created_at.isoformat(),
-        "processes": [process_event(process) for process in processes],
+        "processes": [process_event(p, waiting.get(p.function)) for p in processes],
     }
 
 
 def list_jobs(
     session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """The newest jobs, of one workflow if given."""
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    """The newest ``limit`` jobs (1 to 500), of one workflow if given, with its workflow's name."""
+    limit = check(Limit, limit, field="limit")
+    query = (
+        select(Job, Workflow.name)
+        .join(Workflow, Workflow.id == Job.workflow_id)
+        .order_by(Job.created_at.desc())
+        .limit(limit)
+    )
     if workflow_id is not None:
         query = query.where(Job.workflow_id == workflow_id)
     return [
-        {**job_event(job), "created_at": job.created_at.isoformat()}
-        for job in session.scalars(query)
+        {**job_event(job), "workflow": name, "created_at": job.created_at.isoformat()}
+        for job, name in session.execute(query)
+    ]
+
+
+def list_projects(session: Session) -> list[dict[str, Any]]:
+    """Every project, by name, with how many workflows it has."""
+    count = (
+        select(func.count(Workflow.id)).where(Workflow.project_id == Project.id).scalar_subquery()
+    )
+    rows = session.execute(select(Project, count).order_by(Project.name)).all()
+    return [
+        {
+            "id": str(project.id),
+            "name": project.name,
+            "description": project.description,
+            "workflows": workflows,
+            "created_at": project.created_at.isoformat(),
+        }
+        for project, workflows in rows
+    ]
+
+
+def list_workflows(session: Session, project: str | uuid.UUID) -> list[dict[str, Any]]:
+    """The workflows of ``project``, by name, with their newest version number."""
+    owner = get_project(session, project)
+    newest = (
+        select(func.max(WorkflowVersion.number))
+        .where(WorkflowVersion.workflow_id == Workflow.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Workflow, newest).where(Workflow.project_id == owner.id).order_by(Workflow.name)
+    ).all()
+    return [
+        {
+            "id": str(workflow.id),
+            "name": workflow.name,
+            "description": workflow.description,
+            "version": number,
+            "created_at": workflow.created_at.isoformat(),
+        }
+        for workflow, number in rows
     ]
 
 
@@ -112,8 +186,11 @@ def follow_job(
 
     Each poll reads one small row (the job's status and, to see changes, a
     sum of row versions that grows with every change); the whole view is read
-    only when that changed. With ``changes`` False only the status is polled
-    and only the finished view is yielded.
+    only when that changed. While a process is queued the view is also read
+    every :data:`QUEUED_REREAD_SECONDS` and yielded if it differs, so a step
+    whose runner went away meanwhile comes to say what it waits for.
+    With ``changes`` False only the status is polled and only the finished
+    view is yielded.
     Raises :class:`JobStillRunning` after ``timeout`` seconds.
     """
     key = _job_key(job_id)
@@ -126,6 +203,8 @@ def follow_job(
     stamp = select(Job.status, changed) if changes else select(Job.status)
     stamp = stamp.where(Job.id == key)
     seen = None
+    shown: dict[str, Any] | None = None
+    read_at = 0.0
     # One autocommit connection for the polls: each sees what has committed,
     # at the cost of a round trip and no transaction.
     polls = factory.kw["bind"].connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -135,9 +214,19 @@ def follow_job(
             if now is None:
                 raise NotFoundError(f"no job {job_id}")
             finished = JobStatus(now[0]).finished
-            if (changes and tuple(now) != seen) or finished:
+            reread = (
+                changes
+                and shown is not None
+                and any(p["status"] == ProcessStatus.QUEUED for p in shown["processes"])
+                and time.monotonic() - read_at >= QUEUED_REREAD_SECONDS
+            )
+            if (changes and tuple(now) != seen) or finished or reread:
                 with factory() as session:
-                    yield job_view(session, key)
+                    view = job_view(session, key)
+                read_at = time.monotonic()
+                if view != shown or finished:
+                    yield view
+                shown = view
             seen = tuple(now)
             if finished:
                 return

@@ -3,13 +3,23 @@
 This is the engine. The trigger (CLI, RPC, later cron and webhooks) calls
 :func:`start_job`; the function runner calls :func:`claim_step` before a
 step's function and :func:`complete_process` or :func:`fail_attempt` after it.
+Users stop a job with :func:`cancel_job` and repeat a failed or cancelled
+one from where it stopped with :func:`rerun_job`.
 
 Every function here runs inside the caller's transaction and writes, with the
 rows it changes, the outbox rows that announce them: step messages for the
-next processes and ``job.updated`` / ``process.updated`` events. Each one
-locks the job row before it writes to the outbox, so the transactions of one
-job commit one after another and their outbox ``seq`` follows commit order.
-Lock order is process, then job, then fan-out parent; keep it.
+next processes and ``job.updated`` / ``process.updated`` events.
+
+**Lock order: the job row first, then its process rows** (a process, then
+its fan-out parent). No transaction locks a process row without holding its
+job's lock, so the transactions of one job run one after another: they
+cannot deadlock, and their outbox ``seq`` follows commit order. Every
+function below takes the job's lock as its first lock; keep it that way.
+
+A job may enter at most ``max_steps`` steps (a workflow setting, 10,000 by
+default; fan-out children and retries are not counted, their list and retry
+policy bound them), so a loop whose condition never turns ends the job with
+an error instead of running forever.
 
 Flow of a job::
 
@@ -29,23 +39,30 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from autostep import inbox
+from autostep import inbox, registry
 from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
-from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
+from autostep.exceptions import ConflictError, NotFoundError, PermanentError, StaleAttempt
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
-from autostep.outbox import OutboxWriter
+from autostep.outbox import OutboxWriter, withdraw_steps
+from autostep.validation import JobInput, check
 
 __all__ = [
+    "cancel_job",
     "claim_step",
     "complete_process",
     "fail_attempt",
     "mark_running",
+    "rerun_job",
     "start_job",
 ]
+
+
+class _CannotEnter(PermanentError):
+    """The next step cannot be entered: the job fails, the step before stays succeeded."""
 
 
 def start_job(
@@ -58,6 +75,7 @@ def start_job(
     version: int | None = None,
 ) -> Job:
     """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    input = check(JobInput, input, field="input")
     wf = get_workflow(session, project, workflow)
     row = latest_version(session, wf.id)
     if version is not None and version != row.number:
@@ -73,6 +91,7 @@ def start_job(
         status=JobStatus.RUNNING,
         trigger=trigger,
         input=input,
+        steps=0,
         version=1,
     )
     session.add(job)
@@ -84,15 +103,108 @@ def start_job(
     return job
 
 
+def cancel_job(session: Session, job_id: uuid.UUID | str) -> Job:
+    """Cancel a running job; a finished one is returned unchanged.
+
+    Its queued and retrying processes are cancelled and their unsent step
+    messages withdrawn. A step running right now finishes its function, but
+    its transaction finds the process cancelled and rolls back, the
+    function's own writes included. Cancelling twice changes nothing.
+    """
+    job = _lock_job(session, _job_key(job_id))
+    if JobStatus(job.status).finished:
+        return job
+    out = OutboxWriter(session, job.id)
+    _cancel_unfinished(session, out, job)
+    _finish_job(out, job, JobStatus.CANCELLED, error="cancelled")
+    out.flush()
+    return job
+
+
+def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api") -> Job:
+    """A new job of the same version that goes on where the failed or cancelled one stopped.
+
+    The steps that succeeded are not run again: their processes are copied
+    with their committed outputs (``reused_from`` names the original). The
+    step that failed or was cancelled runs again with the input it had; in a
+    fan-out only the children that did not succeed run again. The new job's
+    ``rerun_of`` names the original. :class:`ConflictError` for a job that is
+    still running or succeeded, or that failed outside any step (a
+    transition, or its step budget), which the same version would repeat.
+    """
+    source = session.get(Job, _job_key(job_id))
+    if source is None:
+        raise NotFoundError(f"no job {job_id}")
+    status = JobStatus(source.status)
+    if not status.finished:
+        raise ConflictError(f"job {source.id} is still running: cancel it or let it finish first")
+    if status is JobStatus.SUCCEEDED:
+        raise ConflictError(f"job {source.id} succeeded: there is nothing to rerun")
+    processes = session.scalars(
+        select(Process)
+        .where(Process.job_id == source.id)
+        .order_by(Process.created_at, Process.item_index)
+    ).all()
+    stopped = (ProcessStatus.FAILED, ProcessStatus.CANCELLED)
+    if not any(p.parent_id is None and p.status in stopped for p in processes):
+        raise ConflictError(
+            f"job {source.id} failed outside its steps ({source.error}); the same version "
+            "would fail the same way: publish a fix and start a new run"
+        )
+    version = load_version(session, source.version_id)
+    job = Job(
+        id=uuid.uuid4(),
+        workflow_id=source.workflow_id,
+        version_id=source.version_id,
+        status=JobStatus.RUNNING,
+        trigger=trigger,
+        input=source.input,
+        rerun_of=source.id,
+        steps=0,
+        version=1,
+    )
+    session.add(job)
+    session.flush()
+    out = OutboxWriter(session, job.id)
+    out.event("job.updated", job.id, job_event(job))
+    children: dict[uuid.UUID, list[Process]] = {}
+    for process in processes:
+        if process.parent_id is not None:
+            children.setdefault(process.parent_id, []).append(process)
+    for process in processes:
+        if process.parent_id is not None or process.status not in (
+            ProcessStatus.SUCCEEDED,
+            *stopped,
+        ):
+            continue
+        job.steps += 1
+        if process.status == ProcessStatus.SUCCEEDED:
+            copy = _reused(job, process)
+            session.add(copy)
+            session.add_all(
+                _reused(job, child, parent=copy) for child in children.get(process.id, [])
+            )
+        else:
+            _enter_again(session, out, job, version, process, children.get(process.id, []))
+    session.flush()
+    for process in session.scalars(
+        select(Process).where(Process.job_id == job.id, Process.reused_from.is_not(None))
+    ):
+        out.event("process.updated", process.id, process_event(process))
+    out.flush()
+    return job
+
+
 def mark_running(session: Session, job_id: uuid.UUID, process_id: uuid.UUID, attempt: int) -> bool:
     """Record that ``attempt`` of a still-queued process is running.
 
     The runner calls it, in a transaction of its own, only for a step still
     running after ``running_mark_seconds``, so fast steps go from queued to
-    succeeded in one transaction. Locks the process, then the job (the order
-    every transaction here keeps). Returns whether anything changed.
+    succeeded in one transaction. Locks the job, then the process. Returns
+    whether anything changed.
     """
     table = PROCESS_TABLE
+    _lock_job(session, job_id)
     process = session.execute(
         update(table)
         .where(
@@ -105,7 +217,6 @@ def mark_running(session: Session, job_id: uuid.UUID, process_id: uuid.UUID, att
     ).first()
     if process is None:
         return False
-    _lock_job(session, job_id)
     out = OutboxWriter(session, job_id)
     out.event("process.updated", process.id, process_event(process))
     out.flush()
@@ -142,21 +253,14 @@ def complete_process(
 ) -> None:
     """``attempt`` of a process succeeded with ``output``.
 
-    Locks the process and its job in one statement, then takes the next step
-    or ends the job. Raises :class:`StaleAttempt` when the attempt was
-    overtaken meanwhile, and :class:`PermanentError` when a transition or the
-    next step's input cannot be evaluated; either way the caller rolls back,
-    the function's own writes included.
+    Locks the job, then the process, then takes the next step or ends the
+    job. Raises :class:`StaleAttempt` when the attempt was overtaken
+    meanwhile (a retry, or the job was cancelled or failed): the caller rolls
+    back, the function's own writes included. When a transition or the next
+    step's input cannot be evaluated, the process keeps its output (its
+    function succeeded) and the job fails with that transition's error.
     """
-    locked = session.execute(
-        select(Process, Job)
-        .join(Job, Job.id == Process.job_id)
-        .where(Process.id == process_id)
-        .with_for_update()
-    ).first()
-    if locked is None:
-        raise NotFoundError(f"no process {process_id}")
-    process, job = locked
+    job, process = _lock_job_and_process(session, process_id)
     if process.attempt != attempt or ProcessStatus(process.status).finished:
         raise StaleAttempt(f"attempt {attempt} of process {process.id} is stale")
     out = OutboxWriter(session, job.id)
@@ -184,10 +288,9 @@ def fail_attempt(
     and the job's other unfinished processes are cancelled. Returns whether a
     retry was scheduled. A stale attempt changes nothing.
     """
-    process = _lock_process(session, process_id)
+    job, process = _lock_job_and_process(session, process_id)
     if process.attempt != attempt or ProcessStatus(process.status).finished:
         return False
-    job = _lock_job(session, process.job_id)
     out = OutboxWriter(session, job.id)
     process.error = error
     if retry_in is not None and not JobStatus(job.status).finished:
@@ -222,14 +325,26 @@ def _advance(
     step_name: str,
     output: dict[str, Any],
 ) -> None:
-    """Take the first transition of ``step_name`` that holds, or end the job."""
+    """Take the first transition of ``step_name`` that holds, or end the job.
+
+    When a condition, the next step's input or its fan-out list cannot be
+    evaluated, or the step budget is spent, the job fails with that error;
+    ``step_name``'s process keeps its output: its function did not fail.
+    """
     variables = {"output": output, "input": job.input}
-    for index, transition in enumerate(version.transitions(step_name)):
-        field = f"{step_name}.next[{index}]"
-        if transition.when is None or evaluate_condition(transition.when, variables, field=field):
-            target = version.step(transition.to)
-            _enter_step(session, out, job, version, target, prev=output)
-            return
+    where = version.field(step_name)
+    try:
+        for index, transition in enumerate(version.transitions(step_name)):
+            field = f"{where}.next[{index}].when"
+            if transition.when is None or evaluate_condition(
+                transition.when, variables, field=field
+            ):
+                target = version.step(transition.to)
+                _enter_step(session, out, job, version, target, prev=output)
+                return
+    except PermanentError as exc:
+        _finish_job(out, job, JobStatus.FAILED, error=f"after step {step_name!r}: {exc}")
+        return
     _finish_job(out, job, JobStatus.SUCCEEDED, output=output)
 
 
@@ -244,18 +359,33 @@ def _enter_step(
     """Queue ``step``: one process, or a fan-out parent with one child per item.
 
     ``prev`` is the output of the step before, None for the start step.
+    Everything is evaluated before anything is written: a
+    :class:`PermanentError` (a bad expression, the step budget spent)
+    leaves no row behind.
     """
+    if job.steps >= version.max_steps:
+        raise _CannotEnter(
+            f"step budget spent: {job.steps} steps entered, the workflow's max_steps; "
+            f"does a loop never end?"
+        )
+    job.steps += 1
+    where = version.field(step.name)
+    waiting = registry.waiting_reason(session, step.function)
     if step.for_each is None:
-        process = _new_process(job, step, _step_input(step, job.input, prev))
+        process = _new_process(job, step, _step_input(step, where, job.input, prev))
         session.add(process)
         session.flush()
-        out.event("process.updated", process.id, process_event(process))
+        out.event("process.updated", process.id, process_event(process, waiting))
         out.step(_step_message(process, job, version))
         return
     variables = {"input": job.input, "prev": prev or {}}
-    items = evaluate(step.for_each, variables, field=f"{step.name}.for_each")
+    items = evaluate(step.for_each, variables, field=f"{where}.for_each")
     if not isinstance(items, list):
-        raise PermanentError(f"{step.name}.for_each: gave {type(items).__name__}, not a list")
+        raise PermanentError(f"{where}.for_each: gave {type(items).__name__}, not a list")
+    inputs = [
+        _step_input(step, where, job.input, prev, item=item, index=index)
+        for index, item in enumerate(items)
+    ]
     parent = _new_process(job, step, {"items": items})
     parent.kind = ProcessKind.FANOUT
     parent.status = ProcessStatus.RUNNING
@@ -270,15 +400,14 @@ def _enter_step(
         _set_process(out, parent, ProcessStatus.SUCCEEDED)
         _advance(session, out, job, version, step.name, parent.output)
         return
-    children = []
-    for index, item in enumerate(items):
-        data = _step_input(step, job.input, prev, item=item, index=index)
-        child = _new_process(job, step, data, parent_id=parent.id, item_index=index)
-        children.append(child)
+    children = [
+        _new_process(job, step, data, parent_id=parent.id, item_index=index)
+        for index, data in enumerate(inputs)
+    ]
     session.add_all(children)
     session.flush()
     for child in children:
-        out.event("process.updated", child.id, process_event(child))
+        out.event("process.updated", child.id, process_event(child, waiting))
         out.step(_step_message(child, job, version))
 
 
@@ -295,6 +424,13 @@ def _join_child(
     parent.pending -= 1
     if parent.pending > 0:
         return
+    _join_finished(session, out, job, version, parent)
+
+
+def _join_finished(
+    session: Session, out: OutboxWriter, job: Job, version: CompiledVersion, parent: Process
+) -> None:
+    """Every child of ``parent`` succeeded: it succeeds with their outputs, in order."""
     outputs = session.scalars(
         select(Process.output).where(Process.parent_id == parent.id).order_by(Process.item_index)
     ).all()
@@ -306,6 +442,7 @@ def _join_child(
 
 def _step_input(
     step: StepDefinition,
+    where: str,
     job_input: dict[str, Any],
     prev: dict[str, Any] | None,
     *,
@@ -323,7 +460,7 @@ def _step_input(
         if index is not None:
             variables.update(item=item, index=index)
         mapped = {
-            key: evaluate(source, variables, field=f"{step.name}.input.{key}")
+            key: evaluate(source, variables, field=f"{where}.input.{key}")
             for key, source in step.input.items()
         }
         return {**step.config, **mapped}
@@ -369,11 +506,86 @@ def _step_message(process: Process, job: Job, version: CompiledVersion) -> StepM
     )
 
 
+def _reused(job: Job, original: Process, *, parent: Process | None = None) -> Process:
+    """A succeeded process of an earlier job, carried into the rerun ``job`` as it was."""
+    return Process(
+        id=uuid.uuid4(),
+        job_id=job.id,
+        parent_id=parent.id if parent is not None else None,
+        kind=original.kind,
+        step=original.step,
+        function=original.function,
+        item_index=original.item_index,
+        status=ProcessStatus.SUCCEEDED,
+        attempt=original.attempt,
+        input=original.input,
+        output=original.output,
+        pending=0 if original.pending is not None else None,
+        reused_from=original.id,
+        version=1,
+        created_at=original.created_at,
+        started_at=original.started_at,
+        finished_at=original.finished_at,
+    )
+
+
+def _enter_again(
+    session: Session,
+    out: OutboxWriter,
+    job: Job,
+    version: CompiledVersion,
+    stopped: Process,
+    children: list[Process],
+) -> None:
+    """Queue again a step that failed or was cancelled, with the input it had.
+
+    A fan-out keeps the children that succeeded (reused) and queues the others.
+    """
+    step = version.step(stopped.step)
+    waiting = registry.waiting_reason(session, step.function)
+    if stopped.kind != ProcessKind.FANOUT:
+        process = _new_process(job, step, stopped.input)
+        session.add(process)
+        session.flush()
+        out.event("process.updated", process.id, process_event(process, waiting))
+        out.step(_step_message(process, job, version))
+        return
+    again = [child for child in children if child.status != ProcessStatus.SUCCEEDED]
+    parent = _new_process(job, step, stopped.input)
+    parent.kind = ProcessKind.FANOUT
+    parent.status = ProcessStatus.RUNNING
+    parent.started_at = _now()
+    parent.pending = len(again)
+    session.add(parent)
+    session.flush()
+    out.event("process.updated", parent.id, process_event(parent))
+    kept = [
+        _reused(job, child, parent=parent)
+        for child in children
+        if child.status == ProcessStatus.SUCCEEDED
+    ]
+    queued = [
+        _new_process(job, step, child.input, parent_id=parent.id, item_index=child.item_index)
+        for child in again
+    ]
+    session.add_all([*kept, *queued])
+    session.flush()
+    for child in queued:
+        out.event("process.updated", child.id, process_event(child, waiting))
+        out.step(_step_message(child, job, version))
+    if not again:
+        _join_finished(session, out, job, version, parent)
+
+
 #: Core table for the one-statement running mark (rows, not ORM objects).
 PROCESS_TABLE: Table = Process.__table__  # type: ignore[assignment]
 
 
 def _cancel_unfinished(session: Session, out: OutboxWriter, job: Job) -> None:
+    """Cancel the job's queued and running processes and withdraw their unsent messages.
+
+    The caller holds the job's lock, so no other transaction holds these rows.
+    """
     unfinished = [ProcessStatus.QUEUED, ProcessStatus.RUNNING]
     rows = session.scalars(
         update(Process)
@@ -384,6 +596,7 @@ def _cancel_unfinished(session: Session, out: OutboxWriter, job: Job) -> None:
     ).all()
     for row in rows:
         out.event("process.updated", row.id, process_event(row))
+    withdraw_steps(session, [row.id for row in rows])
 
 
 def _finish_job(
@@ -415,11 +628,30 @@ def _lock_job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
+def _lock_job_and_process(session: Session, process_id: uuid.UUID) -> tuple[Job, Process]:
+    """Lock the job of ``process_id``, then the process (the lock order)."""
+    owner = select(Process.job_id).where(Process.id == process_id).scalar_subquery()
+    job = session.scalars(
+        select(Job).where(Job.id == owner).with_for_update(),
+        execution_options={"populate_existing": True},
+    ).first()
+    if job is None:
+        raise NotFoundError(f"no process {process_id}")
+    return job, _lock_process(session, process_id)
+
+
 def _lock_process(session: Session, process_id: uuid.UUID) -> Process:
     process = session.get(Process, process_id, with_for_update=True, populate_existing=True)
     if process is None:
         raise NotFoundError(f"no process {process_id}")
     return process
+
+
+def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError as exc:
+        raise NotFoundError(f"no job {job_id!r}: not a job id") from exc
 
 
 def _now() -> datetime:

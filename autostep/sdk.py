@@ -34,7 +34,8 @@ from typing import Any, TypeVar, get_type_hints
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from autostep.exceptions import ConflictError, PermanentError
+from autostep.exceptions import ConflictError, InvalidInput, PermanentError
+from autostep.validation import check_payload
 
 __all__ = ["REGISTRY", "FunctionSpec", "RetryPolicy", "StepContext", "function"]
 
@@ -87,7 +88,11 @@ class FunctionSpec:
     takes_context: bool
 
     def call(self, data: dict[str, Any], context: StepContext) -> dict[str, Any]:
-        """Validate ``data``, run the function, and return its output as JSON data."""
+        """Validate ``data``, run the function, and return its output as JSON data.
+
+        Invalid input, invalid output and an output larger than
+        ``max_payload_bytes`` as JSON fail the step for good.
+        """
         try:
             inp = self.input_model.model_validate(data)
         except ValidationError as exc:
@@ -100,7 +105,12 @@ class FunctionSpec:
                 output = self.output_model.model_validate(result)
             except ValidationError as exc:
                 raise PermanentError(f"output of {self.name!r} is invalid: {exc}") from exc
-        return output.model_dump(mode="json")
+        data = output.model_dump(mode="json")
+        try:
+            check_payload(data, field=f"output of {self.name!r}")
+        except InvalidInput as exc:
+            raise PermanentError(str(exc)) from None
+        return data
 
 
 #: Every function decorated in this process, by name.

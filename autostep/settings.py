@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     #: Runner: seconds a SIGTERM waits for running steps before abandoning them
     #: (their messages, never acknowledged, are delivered again).
     stop_timeout_seconds: float = 8.0
+    #: Largest job input or step output, in bytes of compact JSON.
+    max_payload_bytes: int = 1048576
+    #: Runner: seconds between two refreshes of its rows in the function registry.
+    registry_heartbeat_seconds: float = 10.0
+    #: A runner is live while its last heartbeat is at most this old (default: 3 heartbeats).
+    registry_grace_seconds: float = Field(
+        default_factory=lambda data: 3 * data["registry_heartbeat_seconds"]
+    )
 
 
 @lru_cache(maxsize=1)

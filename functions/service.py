@@ -14,7 +14,10 @@ Each service is named ``fn_<function>``, has the :class:`Database`
 dependency and one :class:`StepConsumer` entrypoint that delegates to
 :func:`autostep.functions.runner.run_step` (through
 :func:`~autostep.functions.entrypoint.settle`, which holds the message through
-database outages and says whether to ack, dead-letter or requeue it).
+database outages and says whether to ack, dead-letter or requeue it). Its
+:class:`FunctionRegistration` keeps the function in the function registry
+while the service runs, so publishing and queued steps can tell whether
+anyone serves it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.dependencies import Database
+from autostep.dependencies import Database, FunctionRegistration
 from autostep.exceptions import NotFoundError
 from autostep.functions.entrypoint import Delivery, settle, step_consumer
 from autostep.functions.runner import run_step
+from autostep.nameko_runtime import configure_from_environment
 from autostep.sdk import REGISTRY, FunctionSpec
 
 __all__ = ["service_for", "services_for"]
@@ -47,6 +51,7 @@ def service_for(spec: FunctionSpec) -> type:
     namespace = {
         "name": service_name,
         "db": Database(),
+        "registration": FunctionRegistration(spec),
         "handle": step_consumer(spec.name)(handle),
         "__doc__": f"Runs the step function {spec.name!r}.",
         "__module__": spec.func.__module__,
@@ -60,6 +65,7 @@ def services_for(module: str) -> dict[str, type]:
     Imports ``module`` first; :class:`NotFoundError` if it defines no ``@function``.
     """
     __import__(module)
+    configure_from_environment()
     specs = [spec for spec in REGISTRY.values() if spec.func.__module__ == module]
     if not specs:
         raise NotFoundError(f"module {module!r} defines no @function")

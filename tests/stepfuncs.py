@@ -2,7 +2,8 @@
 
 ``test_effect`` rows are written in the step's transaction, so they count
 the effects that committed. ``test_call`` rows are written on a connection of
-their own, outside it, so they count every call, rolled back or not.
+their own, outside it, so they count every call, rolled back or not. A
+``test_gate`` row opens the gate of that name for ``t_gated``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS test_call (
     step text NOT NULL,
     attempt int NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
-)
+);
+CREATE TABLE IF NOT EXISTS test_gate (name text PRIMARY KEY)
 """
 
 
@@ -169,6 +171,24 @@ def locks(inp: Locks, ctx: StepContext) -> Loose:
         ctx.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     _record(ctx, calls)
     return Loose(calls=calls)
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    gate: str
+    value: int = 0
+
+
+@function(name="t_gated", retries=0)
+def gate(inp: Gate, ctx: StepContext) -> Number:
+    """Fails for good while the gate ``gate`` is closed; else records ``value`` and passes it on."""
+    opened = ctx.session.execute(
+        text("SELECT 1 FROM test_gate WHERE name = :name"), {"name": inp.gate}
+    ).first()
+    if opened is None:
+        raise PermanentError(f"gate {inp.gate} is closed")
+    _record(ctx, inp.value)
+    return Number(value=inp.value)
 
 
 globals().update(services_for(__name__))

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,7 +32,7 @@ import pytest
 from autostep.relay import MEMBER_LOCK
 from autostep.settings import libpq_dsn
 
-__all__ = ["REPO_ROOT", "ManagedProcess", "autostep_command", "runner_connected"]
+__all__ = ["REPO_ROOT", "Cli", "ManagedProcess", "autostep_command", "runner_connected"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The modules the function runner serves: the built-ins and the test functions.
@@ -306,3 +307,37 @@ def runner_process(
         env=runner_settings,
         ready=runner_connected,
     )
+
+
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+#: Seconds one CLI command may take (``--follow`` waits for the whole run).
+CLI_TIMEOUT = 90.0
+
+
+@pytest.fixture
+def cli(process_env: dict[str, str]) -> Cli:
+    """Runs ``autostep ARGS...`` to completion; returns exit code and output."""
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            autostep_command(*args),
+            cwd=REPO_ROOT,
+            env=process_env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+
+    return run
+
+
+@pytest.fixture
+def project(cli: Cli) -> str:
+    """A project created with ``autostep project create``."""
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    created = cli("project", "create", name, "--description", "e2e")
+    assert created.returncode == 0, created.stderr
+    uuid.UUID(created.stdout.strip())  # prints the new project's id
+    return name

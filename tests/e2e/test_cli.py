@@ -11,9 +11,7 @@ change nothing.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +20,9 @@ from sqlalchemy import func, select
 
 from autostep.db import unit_of_work
 from autostep.models import Job, Workflow
-from tests.e2e.conftest import REPO_ROOT, ManagedProcess, autostep_command
+from tests.e2e.conftest import Cli, ManagedProcess
 
 pytestmark = pytest.mark.e2e
-
-#: Seconds one CLI command may take (``--follow`` waits for the whole run).
-CLI_TIMEOUT = 90.0
 
 FIBO_WORKFLOW = """\
 name: fib
@@ -60,35 +55,6 @@ steps:
   - name: done
     function: noop
 """
-
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-@pytest.fixture
-def cli(process_env: dict[str, str]) -> Cli:
-    """Runs ``autostep ARGS...`` to completion; returns exit code and output."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            autostep_command(*args),
-            cwd=REPO_ROOT,
-            env=process_env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    return run
-
-
-@pytest.fixture
-def project(cli: Cli) -> str:
-    """A project created with ``autostep project create``."""
-    name = f"cli-{uuid.uuid4().hex[:8]}"
-    created = cli("project", "create", name, "--description", "e2e")
-    assert created.returncode == 0, created.stderr
-    uuid.UUID(created.stdout.strip())  # prints the new project's id
-    return name
 
 
 def _write(tmp_path: Path, name: str, content: str) -> Path:
@@ -182,7 +148,10 @@ def test_a_failing_run_exits_non_zero_and_shows_the_error(
 
 @pytest.mark.parametrize(
     ("value", "complaint"),
-    [("not json", "--input is not JSON"), ("[1, 2]", "--input must be a JSON object")],
+    [
+        ("not json", "autostep: error: --input: not JSON: line 1, column 1: Expecting value\n"),
+        ("[1, 2]", "autostep: error: --input: must be a JSON object, not an array\n"),
+    ],
 )
 def test_input_that_is_not_a_json_object_is_rejected_before_a_run_starts(
     cli: Cli, project: str, tmp_path: Path, session_factory: Any, value: str, complaint: str
@@ -192,8 +161,8 @@ def test_input_that_is_not_a_json_object_is_rejected_before_a_run_starts(
 
     started = cli("run", "start", project, "fib", "--input", value)
 
-    assert started.returncode != 0
-    assert complaint in started.stderr
+    assert started.returncode == 2
+    assert started.stderr == complaint
     assert "Traceback" not in started.stderr
     assert started.stdout == ""
     assert _count(session_factory, select(func.count()).select_from(Job)) == jobs_before
@@ -230,3 +199,76 @@ def test_an_unknown_workflow_is_named(cli: Cli, project: str) -> None:
     assert started.returncode == 1
     assert "autostep: error: no workflow 'nonexistent'" in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_input_is_read_from_a_file_or_from_stdin(
+    cli: Cli, project: str, tmp_path: Path, session_factory: Any
+) -> None:
+    _publish(cli, project, _write(tmp_path, "fib.yaml", FIBO_WORKFLOW))
+    _write(tmp_path, "input.json", '{"n": 7, "from": "file"}')
+
+    from_file = cli("run", "start", project, "fib", "--input", f"@{tmp_path / 'input.json'}")
+    from_stdin = cli("run", "start", project, "fib", "--input", "-", stdin='{"n": 8}')
+    missing = cli("run", "start", project, "fib", "--input", f"@{tmp_path / 'nope.json'}")
+    not_an_object = cli("run", "start", project, "fib", "--input", "-", stdin='"n"')
+
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    with unit_of_work(session_factory) as session:
+        inputs = [
+            session.get(Job, uuid.UUID(started.stdout.strip())).input  # type: ignore[union-attr]
+            for started in (from_file, from_stdin)
+        ]
+    assert inputs == [{"n": 7, "from": "file"}, {"n": 8}]
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"autostep: error: --input @{tmp_path / 'nope.json'}: No such file or directory\n",
+    )
+    assert (not_an_object.returncode, not_an_object.stderr) == (
+        2,
+        "autostep: error: --input -: must be a JSON object, not a string\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "complaint"),
+    [
+        (
+            "wf.yaml",
+            b"name: x\nsteps:\n  - name: a\n    function: b: c\n",
+            "line 4, column 16: mapping values are not allowed here",
+        ),
+        ("wf.json", b'{"name": "x",\n "steps": [}', "line 2, column 12: Expecting value"),
+        ("wf.yaml", b"name: x\nsteps: \xff\xfe\x00", "line 2, column 8: not UTF-8 text"),
+        (
+            "wf.yaml",
+            b"name: x\0",
+            "line 1, column 8: unacceptable character #x0000: special characters are not allowed",
+        ),
+        ("wf.yaml", b"- a\n- b\n", "a definition is a mapping"),
+    ],
+)
+def test_a_broken_definition_file_is_named_in_one_line_with_the_spot(
+    cli: Cli, tmp_path: Path, name: str, content: bytes, complaint: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    published = cli("workflow", "publish", "any-project", str(path))
+
+    assert published.returncode == 2
+    assert published.stderr == f"autostep: error: FILE {path}: {complaint}\n"
+
+
+def test_a_bad_project_name_is_refused_naming_the_field_without_sql(cli: Cli) -> None:
+    too_long = cli("project", "create", "p" * 201)
+    empty = cli("project", "create", "")
+
+    assert (too_long.returncode, too_long.stderr) == (
+        2,
+        "autostep: error: name: String should have at most 100 characters\n",
+    )
+    assert (empty.returncode, empty.stderr) == (
+        2,
+        "autostep: error: name: String should have at least 1 character\n",
+    )

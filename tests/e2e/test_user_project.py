@@ -8,6 +8,7 @@ its own directory, and a run of a workflow over it succeeds.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import uuid
 from collections.abc import Callable
@@ -92,3 +93,40 @@ def test_a_project_with_its_own_functions_package_serves_and_runs_it(
 
     assert view["status"] == "succeeded", view
     assert view["output"] == {"order_id": 7, "charged": 300, "attempt": 1}
+
+
+def test_nameko_run_serves_the_project_with_the_environment_alone(
+    user_project: Path,
+    process_env: dict[str, str],
+    relay_process: ManagedProcess,
+    session_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """``nameko run`` with no config file reads ``AMQP_URI`` and ``DATABASE_URL``."""
+    env = {key: value for key, value in process_env.items() if not key.startswith("AUTOSTEP_")}
+    env.update(
+        AMQP_URI=process_env["AUTOSTEP_AMQP_URI"],
+        DATABASE_URL=process_env["AUTOSTEP_DATABASE_URL"],
+    )
+    nameko = str(Path(sys.executable).with_name("nameko"))
+    runner = ManagedProcess(
+        "nameko-run",
+        [nameko, "run", "functions.orders"],
+        env,
+        tmp_path / "nameko-run.log",
+        runner_connected,
+        user_project,
+    )
+    try:
+        runner.start()
+        project = f"shop-{uuid.uuid4().hex[:8]}"
+        definition = {"name": "checkout", "steps": [{"name": "charge", "function": "user_charge"}]}
+        with unit_of_work(session_factory) as session:
+            create_project(session, project)
+            publish_workflow(session, project, definition)
+            job = start_job(session, project, "checkout", {"order_id": 8, "cents": 5})
+        view = wait_for_job(session_factory, job.id, timeout=60)
+    finally:
+        runner.close()
+    assert view["status"] == "succeeded", runner.tail()
+    assert view["output"] == {"order_id": 8, "charged": 10, "attempt": 1}

@@ -5,10 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import func, select, text
 
+from autostep.catalog import create_project
 from autostep.db import unit_of_work
-from autostep.models import Process
+from autostep.exceptions import InvalidInput
+from autostep.models import Job, Process, Project
+from autostep.queries import list_jobs
+from autostep.runs import start_job
+from autostep.settings import get_settings
 from tests.helpers import publish, start
 
 
@@ -238,3 +244,49 @@ def test_a_step_over_its_timeout_is_retried_then_fails_without_effects(
     assert _effects(session_factory, slow) == []  # both attempts rolled back
     assert quick_view["status"] == "succeeded"
     assert _effects(session_factory, quick) == [("nap", 1)]
+
+
+def test_a_step_output_over_the_payload_limit_fails_the_step_without_retries(
+    session_factory: Any,
+    project: str,
+    relay: Any,
+    functions: Any,
+    wait_for_job: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pad = {"pad": "x" * 99}
+    padded = {"name": "s", "function": "noop", "retries": 3, "backoff": 0, "config": pad}
+    publish(session_factory, project, {"name": "big", "steps": [padded]})
+    monkeypatch.setattr(get_settings(), "max_payload_bytes", 100)
+    # The run's input fits (7 bytes); noop returns it with the pad: 115 bytes.
+    job_id = start(session_factory, project, "big", {"n": 1})
+
+    view = wait_for_job(job_id)
+
+    assert view["status"] == "failed"
+    [process] = view["processes"]
+    assert process["attempt"] == 1
+    assert process["error"] == (
+        "PermanentError: output of 'noop': is 115 bytes as JSON, more than the limit of 100 bytes"
+    )
+
+
+def test_the_core_refuses_bad_values_before_any_sql(session_factory: Any, project: str) -> None:
+    publish(session_factory, project, _chain("refusals", 1))
+    with unit_of_work(session_factory) as session:
+        before = [session.scalar(select(func.count()).select_from(t)) for t in (Project, Job)]
+        refusals = [
+            (lambda: create_project(session, ""), "name"),
+            (lambda: create_project(session, "p" * 201), "name"),
+            (lambda: create_project(session, "two words"), "name"),
+            (lambda: create_project(session, "ok", "d" * 2001), "description"),
+            (lambda: list_jobs(session, limit=-1), "limit"),
+            (lambda: list_jobs(session, limit=501), "limit"),
+            (lambda: start_job(session, project, "refusals", [1, 2]), "input"),  # type: ignore[arg-type]
+        ]
+        for call, field in refusals:
+            with pytest.raises(InvalidInput) as refused:
+                call()
+            assert refused.value.field == field
+        after = [session.scalar(select(func.count()).select_from(t)) for t in (Project, Job)]
+    assert after == before

@@ -216,8 +216,8 @@ MUTATIONS = (
         "unbounded-stop",
         "SIGTERM stops a runner within its stop timeout",
         "autostep/nameko_runtime.py",
-        "            eventlet.spawn_n(stop_within, runner, get_settings().stop_timeout_seconds)\n",
-        "            eventlet.spawn_n(runner.stop)\n",
+        "        stop_within(runner, get_settings().stop_timeout_seconds)\n",
+        "        runner.stop()\n",
         (RUNNER_FAULTS,),
     ),
     Mutation(

@@ -47,6 +47,8 @@ from autostep.topology import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
     STEPS_EXCHANGE,
+    declare_base,
+    declare_step_queue,
     step_queue_arguments,
     step_queue_name,
 )
@@ -224,6 +226,24 @@ class StepQueueConsumer(ConsumerCore):
     #: Whether this queue dead-letters what it rejects (step queues do).
     dead_letters = True
 
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> Any:
+        """Declare the step queue (after every connect), then consume it.
+
+        The declaration is :func:`autostep.topology.declare_step_queue`'s, on
+        a channel of its own: a queue that exists with other arguments (a
+        changed ``AUTOSTEP_DELIVERY_LIMIT``) is consumed as it is, with one
+        warning, instead of failing every reconnect. kombu itself declares
+        nothing for step queues (``no_declare``).
+        """
+        if self.dead_letters:
+            side = channel.connection.channel()
+            try:
+                declare_base(side)
+                side = declare_step_queue(side, self.queues[0].routing_key)
+            finally:
+                side.close()
+        return super().get_consumers(consumer_cls, channel)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         queue = self.queues[0].name
         message_id = message.properties.get("message_id")
@@ -388,6 +408,8 @@ def step_queue(function: str) -> Queue:
         routing_key=function,
         durable=True,
         queue_arguments=step_queue_arguments(),
+        # declared by StepQueueConsumer.get_consumers, which accepts other arguments
+        no_declare=True,
     )
 
 

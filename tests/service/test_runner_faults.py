@@ -610,3 +610,46 @@ def test_sigterm_abandons_a_step_waiting_on_the_database_and_its_message_comes_b
     process = _process(database_url, job_id)
     assert process["attempt"] == 1
     assert _counts(database_url, process["id"]) == (2, 1)
+
+
+@function(name="t_other_arguments", retries=0)
+def other_arguments_step(inp: Locks, ctx: StepContext) -> Loose:
+    """``t_locks`` on a queue the test declares beforehand with other arguments."""
+    return locks(inp, ctx)
+
+
+def test_a_runner_consumes_a_step_queue_that_exists_with_other_arguments(
+    session_factory: Any,
+    project: str,
+    relay: Any,
+    runner_factory: Any,
+    effect_table: None,
+    amqp_uri: str,
+    wait_for_job: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A changed delivery limit meets queues declared with the old one: used as they are."""
+    queue = step_queue_name("t_other_arguments")
+    admin = amqp.Connection(**amqp_params(amqp_uri))
+    admin.connect()
+    channel = admin.channel()
+    channel.queue_delete(queue)
+    arguments = {"x-queue-type": "quorum", "x-delivery-limit": 3}
+    channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
+    try:
+        with caplog.at_level(logging.WARNING, logger="autostep"):
+            runner = runner_factory(nameko_config(), service_for(REGISTRY["t_other_arguments"]))
+            runner.start()
+            publish(
+                session_factory,
+                project,
+                {"name": "other", "steps": [{"name": "s", "function": "t_other_arguments"}]},
+            )
+            view = wait_for_job(start(session_factory, project, "other", {}), timeout=20)
+    finally:
+        channel.queue_delete(queue)
+        admin.close()
+    assert view["status"] == "succeeded"
+    mismatches = [r for r in caplog.records if "exists with other arguments" in r.getMessage()]
+    # one from the runner as it connected, one from the relay as it first published
+    assert len(mismatches) == 2, [r.getMessage() for r in mismatches]

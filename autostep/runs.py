@@ -84,20 +84,7 @@ def start_job(
             raise NotFoundError(f"workflow {workflow!r} has no version {version}")
         row = match[0]
     compiled = load_version(session, row.id)
-    job = Job(
-        id=uuid.uuid4(),
-        workflow_id=wf.id,
-        version_id=compiled.id,
-        status=JobStatus.RUNNING,
-        trigger=trigger,
-        input=input,
-        steps=0,
-        version=1,
-    )
-    session.add(job)
-    session.flush()
-    out = OutboxWriter(session, job.id)
-    out.event("job.updated", job.id, job_event(job))
+    job, out = _new_job(session, wf.id, compiled.id, trigger, input)
     _enter_step(session, out, job, compiled, compiled.step(compiled.start_step), prev=None)
     out.flush()
     return job
@@ -152,21 +139,9 @@ def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api"
             "would fail the same way: publish a fix and start a new run"
         )
     version = load_version(session, source.version_id)
-    job = Job(
-        id=uuid.uuid4(),
-        workflow_id=source.workflow_id,
-        version_id=source.version_id,
-        status=JobStatus.RUNNING,
-        trigger=trigger,
-        input=source.input,
-        rerun_of=source.id,
-        steps=0,
-        version=1,
+    job, out = _new_job(
+        session, source.workflow_id, source.version_id, trigger, source.input, rerun_of=source.id
     )
-    session.add(job)
-    session.flush()
-    out = OutboxWriter(session, job.id)
-    out.event("job.updated", job.id, job_event(job))
     children: dict[uuid.UUID, list[Process]] = {}
     for process in processes:
         if process.parent_id is not None:
@@ -315,6 +290,34 @@ def fail_attempt(
 
 
 # -- building blocks --------------------------------------------------------
+
+
+def _new_job(
+    session: Session,
+    workflow_id: uuid.UUID,
+    version_id: uuid.UUID,
+    trigger: str,
+    input: dict[str, Any],
+    *,
+    rerun_of: uuid.UUID | None = None,
+) -> tuple[Job, OutboxWriter]:
+    """Insert a running job, announce it, and return it with its outbox writer."""
+    job = Job(
+        id=uuid.uuid4(),
+        workflow_id=workflow_id,
+        version_id=version_id,
+        status=JobStatus.RUNNING,
+        trigger=trigger,
+        input=input,
+        rerun_of=rerun_of,
+        steps=0,
+        version=1,
+    )
+    session.add(job)
+    session.flush()
+    out = OutboxWriter(session, job.id)
+    out.event("job.updated", job.id, job_event(job))
+    return job, out
 
 
 def _advance(

@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,16 @@ from autostep.db import unit_of_work
 from autostep.models import FunctionRunner
 from autostep.sdk import REGISTRY
 from tests.e2e.conftest import (
+    CLI_TIMEOUT,
     READY_TIMEOUT,
     REPO_ROOT,
     RUNNER_MODULES,
+    Cli,
     ManagedProcess,
     autostep_command,
 )
 
 pytestmark = pytest.mark.e2e
-
-#: Seconds one CLI command may take.
-CLI_TIMEOUT = 60.0
 
 SHIP_WORKFLOW = """\
 name: ship
@@ -64,30 +62,6 @@ SERVED = {
     for spec in list(REGISTRY.values())
     if spec.func.__module__ == module.__name__
 }
-
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-@pytest.fixture
-def cli(process_env: dict[str, str]) -> Cli:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            autostep_command(*args),
-            cwd=REPO_ROOT,
-            env=process_env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    return run
-
-
-@pytest.fixture
-def project(cli: Cli) -> str:
-    name = f"reg-{uuid.uuid4().hex[:8]}"
-    assert cli("project", "create", name).returncode == 0
-    return name
 
 
 def _publish(cli: Cli, project: str, tmp_path: Path, content: str) -> Any:

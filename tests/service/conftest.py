@@ -7,6 +7,7 @@ vhost, as in production but in one process.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from autostep import queries
 from autostep.db import unit_of_work
 from autostep.nameko_runtime import nameko_config
 from autostep.relay import Relay
+from autostep.settings import get_settings
 
 
 @pytest.fixture
@@ -62,3 +64,13 @@ def wait_for_job(session_factory: Any) -> Callable[..., dict[str, Any]]:
         return queries.wait_for_job(session_factory, job_id, timeout=timeout)
 
     return wait
+
+
+@pytest.fixture
+def delivery_limit(platform_env: dict[str, str]) -> Iterator[int]:
+    """Step queues declared during the test allow 3 deliveries of a message."""
+    os.environ["AUTOSTEP_DELIVERY_LIMIT"] = "3"
+    get_settings.cache_clear()
+    yield 3
+    del os.environ["AUTOSTEP_DELIVERY_LIMIT"]
+    get_settings.cache_clear()

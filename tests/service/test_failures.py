@@ -16,14 +16,12 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import eventlet
-import pytest
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
@@ -35,7 +33,6 @@ from autostep.functions.service import service_for
 from autostep.models import Outbox, Process
 from autostep.nameko_runtime import nameko_config
 from autostep.sdk import REGISTRY
-from autostep.settings import get_settings
 from tests.helpers import publish, start
 
 
@@ -86,16 +83,6 @@ def always_cut(inp: Nothing, ctx: StepContext) -> Nothing:
     """Loses its database connection on every delivery."""
     ctx.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
     return Nothing()
-
-
-@pytest.fixture
-def delivery_limit(platform_env: dict[str, str]) -> Iterator[int]:
-    """Step queues declared during the test allow 3 deliveries of a message."""
-    os.environ["AUTOSTEP_DELIVERY_LIMIT"] = "3"
-    get_settings.cache_clear()
-    yield 3
-    del os.environ["AUTOSTEP_DELIVERY_LIMIT"]
-    get_settings.cache_clear()
 
 
 def test_a_step_that_always_loses_its_database_is_dead_lettered_and_fails_its_job(

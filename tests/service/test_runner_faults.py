@@ -136,16 +136,6 @@ def _runner_records(caplog: Any) -> list[logging.LogRecord]:
 
 
 @pytest.fixture
-def delivery_limit(platform_env: dict[str, str]) -> Iterator[int]:
-    """Step queues declared during the test allow 3 deliveries of a message."""
-    os.environ["AUTOSTEP_DELIVERY_LIMIT"] = "3"
-    get_settings.cache_clear()
-    yield 3
-    del os.environ["AUTOSTEP_DELIVERY_LIMIT"]
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def admin(server_urls: tuple[str, str]) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the server's maintenance database, outside the test database."""
     with psycopg.connect(libpq_dsn(server_urls[0]), autocommit=True) as conn:

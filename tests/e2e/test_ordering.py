@@ -137,8 +137,8 @@ def test_a_jobs_messages_arrive_in_commit_order_across_concurrent_commits_and_a_
             for _ in range(JOBS // 4):
                 items = [round(rng.uniform(0.0, 0.06), 3) for _ in range(ITEMS)]
                 jobs.append(start_job(session, project, "order", {"items": items}).id)
-        if batch == 1:
-            time.sleep(0.3)  # the relays are busy with the first jobs' rows
+        if batch == 2:
+            time.sleep(0.3)  # both relays are busy with the first jobs' rows
             first.kill()
         time.sleep(0.2)
     took_over = _wait_until(

@@ -40,7 +40,13 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from autostep import inbox, registry
-from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
+from autostep.catalog import (
+    CompiledVersion,
+    get_workflow,
+    latest_version,
+    load_version,
+    lock_active_workflow,
+)
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
@@ -76,7 +82,7 @@ def start_job(
 ) -> Job:
     """Start a run of ``workflow`` (its latest version unless ``version``)."""
     input = check(JobInput, input, field="input")
-    wf = get_workflow(session, project, workflow)
+    wf = lock_active_workflow(session, get_workflow(session, project, workflow).id)
     row = latest_version(session, wf.id)
     if version is not None and version != row.number:
         match = [v for v in wf.versions if v.number == version]
@@ -138,6 +144,7 @@ def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api"
             f"job {source.id} failed outside its steps ({source.error}); the same version "
             "would fail the same way: publish a fix and start a new run"
         )
+    lock_active_workflow(session, source.workflow_id)
     version = load_version(session, source.version_id)
     job, out = _new_job(
         session, source.workflow_id, source.version_id, trigger, source.input, rerun_of=source.id

@@ -130,7 +130,7 @@ def delete_project(session: Session, project: str | uuid.UUID) -> None:
 def get_project(session: Session, name_or_id: str | uuid.UUID) -> Project:
     project = session.scalar(select(Project).where(_by_name_or_id(Project, name_or_id)))
     if project is None:
-        raise NotFoundError(f"no project {name_or_id!r}")
+        raise NotFoundError(f"no project {str(name_or_id)!r}")
     return project
 
 
@@ -138,7 +138,7 @@ def get_workflow(session: Session, project: str | uuid.UUID, name_or_id: str) ->
     query = select(Workflow).join(Project).where(_by_name_or_id(Project, project))
     workflow = session.scalar(query.where(_by_name_or_id(Workflow, name_or_id)))
     if workflow is None:
-        raise NotFoundError(f"no workflow {name_or_id!r} in project {project!r}")
+        raise NotFoundError(f"no workflow {name_or_id!r} in project {str(project)!r}")
     return workflow
 
 

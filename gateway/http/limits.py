@@ -24,10 +24,6 @@ _log = logging.getLogger(__name__)
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -57,28 +53,28 @@ class BodyLimits:
             await self._refuse(scope, receive, send, 415, 0)
             return
         received = 0
-        started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # The endpoint is still reading, so nothing was sent yet: answer
+                    # now, and let the endpoint see a client that went away.
+                    refused = True
+                    await self._refuse(scope, receive, send, 413, received)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if started:
-                raise
-            await self._refuse(scope, receive, send, 413, received)
+        await self.app(scope, limited_receive, unless_refused)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, size: int

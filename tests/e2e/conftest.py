@@ -57,6 +57,7 @@ __all__ = [
     "autostep_command",
     "free_port",
     "http_answers",
+    "http_ok",
     "runner_connected",
 ]
 
@@ -376,16 +377,17 @@ def free_port() -> int:
         return port
 
 
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within half a second."""
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def http_answers(url: str) -> Callable[[ManagedProcess], bool]:
     """Readiness of the HTTP gateway: ``url`` answers 200."""
-
-    def ready(process: ManagedProcess) -> bool:
-        try:
-            return httpx.get(url, timeout=0.5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    return ready
+    return lambda process: http_ok(url)
 
 
 @pytest.fixture

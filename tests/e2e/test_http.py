@@ -357,6 +357,8 @@ def test_cancel_during_a_fan_out_over_rest(
         return any(child["status"] == "running" for child in children)
 
     _until(a_child_runs)
+    in_flight = _problem(api.delete(f"/workflows/{workflow['id']}"), 409)
+    assert "1 run(s) in flight" in in_flight["detail"]
     cancelled = _ok(api.post(f"/jobs/{job['id']}/cancel"))
     assert cancelled["status"] == "cancelled"
     (fan_out,) = cancelled["processes"]
@@ -378,6 +380,7 @@ def test_cancel_during_a_fan_out_over_rest(
     assert _scalar(session_factory, effects, job=job["id"]) == 0
     again = _ok(api.post(f"/jobs/{job['id']}/cancel"))
     assert (again["status"], again["version"]) == ("cancelled", cancelled["version"])
+    assert _ok(api.delete(f"/workflows/{workflow['id']}"))["archived_at"] is not None
 
 
 def test_rerun_over_rest_does_not_run_the_succeeded_steps_again(

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -552,3 +553,54 @@ def test_the_http_process_imports_neither_eventlet_nor_nameko(platform_env: dict
     )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout.replace("'", '"')) == []
+
+
+# -- the OpenAPI contract, fuzzed ----------------------------------------------------------
+
+#: What schemathesis checks on every answer.
+SCHEMATHESIS_CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,"
+    "response_schema_conformance"
+)
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
+    api: httpx.Client, gateway: Gateway, project: dict[str, Any], tmp_path: Path
+) -> None:
+    """About 10 examples per operation, on real ids so they reach the core, not only 404s.
+
+    The workflow's run stays in flight (no runner serves ``noop`` here), so
+    the project and the workflow survive the DELETEs schemathesis sends.
+    """
+    workflow = _create_workflow(api, project, CHAIN)["workflow"]
+    job = _ok(api.post(f"/workflows/{workflow['id']}/jobs", json={"input": {"n": 3}}), 201)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "[parameters]\n"
+        f'project_id = "{project["id"]}"\n'
+        f'workflow_id = "{workflow["id"]}"\n'
+        f'job_id = "{job["id"]}"\n'
+        f'process_id = "{job["processes"][0]["id"]}"\n'
+        'name = "fibo"\n'
+    )
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(config),
+        "run",
+        f"{gateway.url}/openapi.json",
+        "--checks",
+        SCHEMATHESIS_CHECKS,
+        "--max-examples",
+        "10",
+        "--seed",
+        "1",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--generation-database",
+        "none",
+        "--no-color",
+    ]
+    found = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stdout[-6000:] + found.stderr[-2000:]
+    assert "23 selected / 23 total" in found.stdout, found.stdout[-3000:]

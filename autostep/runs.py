@@ -80,7 +80,11 @@ def start_job(
     trigger: str = "api",
     version: int | None = None,
 ) -> Job:
-    """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    """Start a run of ``workflow`` (its latest version unless ``version``).
+
+    :class:`ConflictError` for an archived workflow; the workflow row is
+    share-locked until commit, so archiving waits and then sees this run.
+    """
     input = check(JobInput, input, field="input")
     wf = lock_active_workflow(session, get_workflow(session, project, workflow).id)
     row = latest_version(session, wf.id)
@@ -123,7 +127,8 @@ def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api"
     fan-out only the children that did not succeed run again. The new job's
     ``rerun_of`` names the original. :class:`ConflictError` for a job that is
     still running or succeeded, or that failed outside any step (a
-    transition, or its step budget), which the same version would repeat.
+    transition, or its step budget), which the same version would repeat,
+    and for a job of an archived workflow.
     """
     source = session.get(Job, _job_key(job_id))
     if source is None:

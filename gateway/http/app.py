@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import Any
 
 import amqp
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # As many endpoint threads as pooled connections: further requests wait
+        # their turn in the event loop instead of holding a thread that waits
+        # for a connection.
+        to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
         yield
         engine.dispose()
 

@@ -5,7 +5,9 @@ body (:class:`Problem`): ``type``, ``title``, ``status``, ``detail``, the
 request path as ``instance``, and ``errors`` naming each bad field with where
 it was (``path``, ``query``, ``body``). :data:`PROBLEMS` maps the core's
 exception tree to HTTP statuses in one place; FastAPI's validation errors
-become 422 (400 for a body that is not JSON); anything unexpected becomes a
+become 422 (400 for a body that is not JSON); a database that does not
+answer (or a connection pool that stays exhausted) becomes 503 with
+``Retry-After``; anything unexpected becomes a
 500 whose ``reference`` names the one log line that holds its traceback.
 Expected errors are logged in one line, without a traceback.
 """
@@ -21,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -235,6 +238,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AutostepError, _autostep_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    for outage in DATABASE_OUTAGES:
+    for outage in (*DATABASE_OUTAGES, sa_exc.TimeoutError):
         app.add_exception_handler(outage, _database_outage)
     app.add_middleware(UnexpectedErrors)

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +426,37 @@ def test_rerun_over_rest_does_not_run_the_succeeded_steps_again(
         assert list(session.execute(text(rows), {"job": rerun["id"]}).scalars()) == ["b", "c"]
     conflict = _problem(api.post(f"/jobs/{rerun['id']}/rerun"), 409)
     assert "nothing to rerun" in conflict["detail"]
+
+
+def test_a_repeated_idempotency_key_starts_one_job(
+    api: httpx.Client, gateway: Gateway, project: dict[str, Any], session_factory: Any
+) -> None:
+    workflow = _create_workflow(api, project, CHAIN)["workflow"]
+    path = f"/workflows/{workflow['id']}/jobs"
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    body = {"input": {"n": 5}}
+
+    def start(_: int) -> httpx.Response:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            return client.post(path, json=body, headers=key)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:  # the same key at the same moment
+        answers = list(pool.map(start, range(6)))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert [a.headers.get("Idempotent-Replayed") for a in answers].count("true") == 5
+    replayed = _ok(api.post(path, json=body, headers=key))
+    assert replayed["id"] == answers[0].json()["id"]
+    jobs = "SELECT count(*) FROM job WHERE workflow_id = :w"
+    assert _scalar(session_factory, jobs, w=workflow["id"]) == 1
+
+    other = _problem(api.post(path, json={"input": {"n": 6}}, headers=key), 422)
+    assert _fields(other) == [(None, "Idempotency-Key")]
+    too_long = _problem(api.post(path, json=body, headers={"Idempotency-Key": "k" * 201}), 422)
+    assert _fields(too_long) == [("header", "Idempotency-Key")]
+    fresh = _ok(api.post(path, json=body, headers={"Idempotency-Key": "another"}), 201)
+    assert fresh["id"] != replayed["id"]
+    assert _scalar(session_factory, jobs, w=workflow["id"]) == 2
 
 
 # -- the function catalogue --------------------------------------------------------------

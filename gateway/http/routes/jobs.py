@@ -5,7 +5,9 @@ Starting, cancelling and rerunning are the engine's operations
 shown with its top-level processes; a fan-out carries its first children and
 the rest come page by page from ``/jobs/{id}/processes/{pid}/children``, so
 a fan-out of 10,000 items costs one page. A queued process whose function no
-live runner serves says so in ``waiting``.
+live runner serves says so in ``waiting``. A start may carry an
+``Idempotency-Key`` (:mod:`autostep.idempotency`): sent again, it answers 200
+with the job it started, and starts none.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AwareDatetime
 
-from autostep import catalog, queries, runs
+from autostep import catalog, idempotency, queries, runs
 from autostep.db import unit_of_work
 from autostep.gateway.http.deps import Database
 from autostep.gateway.http.problems import problem_responses
@@ -39,9 +41,27 @@ TRIGGER = "api"
 @router.post(
     "/workflows/{workflow_id}/jobs",
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(400, 404, 409, 413, 415, 422),
+    responses={
+        200: {"description": "Started before with this Idempotency-Key", "model": JobDetail},
+        **problem_responses(400, 404, 409, 413, 415, 422),
+    },
 )
-def start_job(workflow_id: uuid.UUID, body: JobStart, db: Database) -> JobDetail:
+def start_job(
+    workflow_id: uuid.UUID,
+    body: JobStart,
+    db: Database,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            min_length=1,
+            max_length=200,
+            description="The same key (per workflow, for 24 h) starts one job; "
+            "sent again it answers 200 with that job. With another body: 422.",
+        ),
+    ] = None,
+) -> JobDetail:
     """Start a run of the workflow (its newest version unless ``version``).
 
     Answers once the run is stored; it goes on in the function runners.
@@ -49,6 +69,13 @@ def start_job(workflow_id: uuid.UUID, body: JobStart, db: Database) -> JobDetail
     """
     with unit_of_work(db) as session:
         workflow = catalog.find_workflow(session, workflow_id)
+        if idempotency_key is not None:
+            request_print = idempotency.fingerprint(body.model_dump(mode="json"))
+            started = idempotency.claim(session, workflow.id, idempotency_key, request_print)
+            if started is not None:
+                response.status_code = status.HTTP_200_OK
+                response.headers["Idempotent-Replayed"] = "true"
+                return JobDetail.model_validate(queries.job_tree(session, started))
         job = runs.start_job(
             session,
             workflow.project_id,
@@ -57,6 +84,8 @@ def start_job(workflow_id: uuid.UUID, body: JobStart, db: Database) -> JobDetail
             trigger=TRIGGER,
             version=body.version,
         )
+        if idempotency_key is not None:
+            idempotency.record(session, workflow.id, idempotency_key, job.id)
         session.flush()
         return JobDetail.model_validate(queries.job_tree(session, job.id))
 

@@ -4,7 +4,8 @@
 for the process (each endpoint opens its own unit of work with it), the
 routers of :mod:`autostep.gateway.http.routes`, errors as problem details
 (:mod:`autostep.gateway.http.problems`), body limits
-(:mod:`autostep.gateway.http.limits`), ``/healthz`` (the process answers)
+(:mod:`autostep.gateway.http.limits`), ``/metrics`` for Prometheus
+(:mod:`autostep.gateway.http.metrics`), ``/healthz`` (the process answers)
 and ``/readyz`` (the database and the broker answer, each within
 :data:`PROBE_TIMEOUT` seconds), ``/openapi.json`` (OpenAPI 3.1) and
 ``/docs``, whose Swagger UI comes from the ``fastapi-offline`` package,
@@ -29,7 +30,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from autostep.db import database_answers, make_engine, make_session_factory
+from autostep.gateway.http import metrics
 from autostep.gateway.http.limits import BodyLimits
+from autostep.gateway.http.metrics import RequestMetrics
 from autostep.gateway.http.problems import (
     Problem,
     install_problem_handlers,
@@ -84,8 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_session_factory(engine)
     for module in (projects, workflows, jobs, functions):
         app.include_router(module.router)
+    app.include_router(metrics.router)
     install_problem_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(RequestMetrics)
     _health(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -147,6 +147,7 @@ def test_projects_workflows_and_versions_round_trip(api: httpx.Client) -> None:
     assert "has workflows" in refused["detail"]
 
     empty = _ok(api.post("/projects", json={"name": name + "-empty"}), 201)
+    _problem(api.patch(f"/projects/{empty['id']}", json={"name": name + "-x"}), 409)
     assert api.delete(f"/projects/{empty['id']}").status_code == 204
     _problem(api.get(f"/projects/{empty['id']}"), 404)
 

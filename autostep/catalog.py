@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,18 +24,24 @@ from autostep.definitions import (
     WorkflowDefinition,
     parse_definition,
 )
-from autostep.exceptions import ConflictError, NotFoundError
-from autostep.models import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.exceptions import ConflictError, InvalidInput, NotFoundError
+from autostep.models import Job, JobStatus, Project, Step, Transition, Workflow, WorkflowVersion
 from autostep.validation import Description, Name, check, check_payload
 
 __all__ = [
     "CompiledVersion",
+    "archive_workflow",
     "create_project",
+    "delete_project",
+    "find_workflow",
     "get_project",
     "get_workflow",
     "latest_version",
     "load_version",
+    "lock_active_workflow",
+    "publish_version",
     "publish_workflow",
+    "update_project",
 ]
 
 
@@ -81,10 +87,50 @@ def create_project(session: Session, name: str, description: str = "") -> Projec
     return project
 
 
+def update_project(
+    session: Session,
+    project: str | uuid.UUID,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Project:
+    """Rename ``project`` or change its description; :class:`ConflictError` if the name is taken."""
+    if name is not None:
+        name = check(Name, name, field="name")
+    if description is not None:
+        description = check(Description, description, field="description")
+    found = get_project(session, project)
+    try:
+        with session.begin_nested():
+            if name is not None:
+                found.name = name
+            if description is not None:
+                found.description = description
+    except IntegrityError as exc:
+        raise ConflictError(f"project {name!r} exists already") from exc
+    return found
+
+
+def delete_project(session: Session, project: str | uuid.UUID) -> None:
+    """Delete ``project``; :class:`ConflictError` while it has workflows, archived ones included.
+
+    Archived workflows count because finished jobs still point at their versions.
+    """
+    found = get_project(session, project)
+    session.refresh(found, with_for_update=True)
+    has_workflows = session.scalar(select(exists().where(Workflow.project_id == found.id)))
+    if has_workflows:
+        raise ConflictError(
+            f"project {found.name!r} has workflows; it can be deleted once it has none"
+        )
+    session.delete(found)
+    session.flush()
+
+
 def get_project(session: Session, name_or_id: str | uuid.UUID) -> Project:
     project = session.scalar(select(Project).where(_by_name_or_id(Project, name_or_id)))
     if project is None:
-        raise NotFoundError(f"no project {name_or_id!r}")
+        raise NotFoundError(f"no project {str(name_or_id)!r}")
     return project
 
 
@@ -92,19 +138,92 @@ def get_workflow(session: Session, project: str | uuid.UUID, name_or_id: str) ->
     query = select(Workflow).join(Project).where(_by_name_or_id(Project, project))
     workflow = session.scalar(query.where(_by_name_or_id(Workflow, name_or_id)))
     if workflow is None:
-        raise NotFoundError(f"no workflow {name_or_id!r} in project {project!r}")
+        raise NotFoundError(f"no workflow {name_or_id!r} in project {str(project)!r}")
     return workflow
 
 
+def find_workflow(session: Session, workflow_id: uuid.UUID | str) -> Workflow:
+    """The workflow with id ``workflow_id``, whichever its project."""
+    try:
+        key = uuid.UUID(str(workflow_id))
+    except ValueError as exc:
+        raise NotFoundError(f"no workflow {workflow_id!r}: not a workflow id") from exc
+    workflow = session.get(Workflow, key)
+    if workflow is None:
+        raise NotFoundError(f"no workflow {workflow_id}")
+    return workflow
+
+
+def lock_active_workflow(session: Session, workflow_id: uuid.UUID) -> Workflow:
+    """Share-lock the workflow a run is about to start on; :class:`ConflictError` if archived.
+
+    The lock keeps :func:`archive_workflow` waiting until the new job is
+    committed, so that it sees the job in flight.
+    """
+    workflow = session.get(
+        Workflow, workflow_id, with_for_update={"read": True}, populate_existing=True
+    )
+    if workflow is None:
+        raise NotFoundError(f"no workflow {workflow_id}")
+    if workflow.archived_at is not None:
+        raise ConflictError(f"workflow {workflow.name!r} is archived: it starts no new runs")
+    return workflow
+
+
+def archive_workflow(session: Session, workflow_id: uuid.UUID | str) -> Workflow:
+    """Archive a workflow (a soft delete: its versions stay for the jobs that ran them).
+
+    :class:`ConflictError` while one of its jobs is running. An archived
+    workflow takes no new versions and starts no new runs. Archiving twice
+    changes nothing.
+    """
+    workflow = find_workflow(session, workflow_id)
+    session.refresh(workflow, with_for_update=True)
+    if workflow.archived_at is not None:
+        return workflow
+    running = session.scalar(
+        select(func.count(Job.id)).where(
+            Job.workflow_id == workflow.id, Job.status == JobStatus.RUNNING
+        )
+    )
+    if running:
+        raise ConflictError(
+            f"workflow {workflow.name!r} has {running} run(s) in flight: "
+            "cancel them or let them finish first"
+        )
+    workflow.archived_at = session.scalar(select(func.now()))
+    session.flush()
+    return workflow
+
+
+def publish_version(
+    session: Session, workflow_id: uuid.UUID | str, definition: dict[str, Any]
+) -> WorkflowVersion:
+    """Store ``definition`` as the next version of the workflow ``workflow_id``.
+
+    The definition's ``name`` must be the workflow's (:class:`InvalidInput` naming ``name``).
+    """
+    workflow = find_workflow(session, workflow_id)
+    return publish_workflow(session, workflow.project_id, definition, workflow_id=workflow.id)
+
+
 def publish_workflow(
-    session: Session, project: str | uuid.UUID, definition: dict[str, Any]
+    session: Session,
+    project: str | uuid.UUID,
+    definition: dict[str, Any],
+    *,
+    new: bool = False,
+    workflow_id: uuid.UUID | None = None,
 ) -> WorkflowVersion:
     """Validate ``definition`` and store it as the workflow's next version.
 
     Creates the workflow on its first version. Raises
     :class:`~autostep.exceptions.DefinitionError` naming the bad field, and
     :class:`~autostep.exceptions.InvalidInput` for a definition larger than
-    ``max_payload_bytes`` as JSON.
+    ``max_payload_bytes`` as JSON. With ``new``, :class:`ConflictError` when
+    the workflow exists already; with ``workflow_id``, the definition must
+    name that workflow. An archived workflow takes no new version
+    (:class:`ConflictError`).
     """
     check_payload(definition, field="definition")
     parsed = parse_definition(definition)
@@ -114,10 +233,23 @@ def publish_workflow(
         .where(Workflow.project_id == owner.id, Workflow.name == parsed.name)
         .with_for_update()
     )
+    if workflow_id is not None and (workflow is None or workflow.id != workflow_id):
+        raise InvalidInput(
+            f"is {parsed.name!r}, not the name of the workflow published to", field="name"
+        )
+    if workflow is not None and new:
+        raise ConflictError(f"workflow {parsed.name!r} exists already in project {owner.name!r}")
+    if workflow is not None and workflow.archived_at is not None:
+        raise ConflictError(f"workflow {parsed.name!r} is archived: it takes no new version")
     if workflow is None:
         workflow = Workflow(project_id=owner.id, name=parsed.name, description=parsed.description)
-        session.add(workflow)
-        session.flush()
+        try:
+            with session.begin_nested():
+                session.add(workflow)
+                session.flush()
+        except IntegrityError as exc:
+            # published at the same moment by another transaction
+            raise ConflictError(f"workflow {parsed.name!r} was just published; try again") from exc
     number = session.scalar(
         select(func.coalesce(func.max(WorkflowVersion.number), 0)).where(
             WorkflowVersion.workflow_id == workflow.id

@@ -1,7 +1,8 @@
 """The ``autostep`` command line: the composition root of every process.
 
 ``autostep db upgrade`` migrates; ``autostep relay``, ``autostep functions run
-MODULE`` and ``autostep gateway run`` start the long-running processes;
+MODULE``, ``autostep gateway run`` (REST) and ``autostep gateway rpc`` (nameko
+RPC) start the long-running processes;
 ``autostep project create|list``, ``autostep workflow publish|list``,
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
 against the database;
@@ -108,8 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     fn_list.set_defaults(handler=_functions_list)
 
     gw = sub.add_parser("gateway", help="the gateway").add_subparsers(metavar="ACTION")
-    gw_run = gw.add_parser("run", help="serve the workflows and conditions RPC services")
+    gw_run = gw.add_parser(
+        "run", help="serve the REST API on AUTOSTEP_HTTP_HOST:AUTOSTEP_HTTP_PORT (127.0.0.1:8080)"
+    )
     gw_run.set_defaults(handler=_gateway_run)
+    gw_rpc = gw.add_parser("rpc", help="serve the workflows and conditions nameko RPC services")
+    gw_rpc.set_defaults(handler=_gateway_rpc)
 
     project = sub.add_parser("project", help="projects").add_subparsers(metavar="ACTION")
     p_create = project.add_parser("create", help="create a project")
@@ -213,6 +218,14 @@ def _functions_run(args: argparse.Namespace) -> int:
 
 
 def _gateway_run(args: argparse.Namespace) -> int:
+    """The HTTP gateway, on asyncio: this process is never patched by eventlet."""
+    from autostep.gateway.http.server import serve
+
+    serve()
+    return 0
+
+
+def _gateway_rpc(args: argparse.Namespace) -> int:
     def services() -> list[type]:
         from autostep.gateway.workflows import ConditionsService, WorkflowsService
 

@@ -1,7 +1,8 @@
 """``autostep dev``: the whole platform on one machine, for trying it out.
 
 Creates the database if it is missing, migrates it, starts the relay, the
-built-in function runner and the gateway's RPC services as child processes,
+built-in function runner, the HTTP gateway and the gateway's RPC services as
+child processes, prints the REST API's and its docs' URLs,
 publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
 platform running until Ctrl-C. (There is no scheduler yet, so cron
 triggers do not run locally.)
@@ -37,6 +38,7 @@ PROCESSES = {
     "relay": ["relay"],
     "functions": ["functions", "run", "autostep.functions.builtins"],
     "gateway": ["gateway", "run"],
+    "gateway-rpc": ["gateway", "rpc"],
 }
 
 
@@ -55,6 +57,8 @@ def run_dev(*, demo: bool = True) -> int:
         ", ".join(f"{n} (pid {p.pid})" for n, p in children.items()),
         flush=True,
     )
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    print(f"autostep: REST API at {url}/ (docs: {url}/docs)", flush=True)
     try:
         if demo:
             _run_demo()

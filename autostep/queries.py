@@ -9,22 +9,27 @@ live grid follows the ``autostep.events`` exchange instead.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import registry
-from autostep.catalog import get_project, get_workflow
+from autostep.catalog import find_workflow, get_project, get_workflow
 from autostep.events import job_event, process_event
-from autostep.exceptions import JobStillRunning, NotFoundError
+from autostep.exceptions import InvalidInput, JobStillRunning, NotFoundError
 from autostep.models import (
     Job,
     JobStatus,
     Process,
+    ProcessKind,
     ProcessStatus,
     Project,
     Workflow,
@@ -33,12 +38,22 @@ from autostep.models import (
 from autostep.validation import Limit, check
 
 __all__ = [
+    "JobFilters",
+    "decode_cursor",
+    "encode_cursor",
     "follow_job",
+    "job_page",
+    "job_tree",
     "job_view",
     "list_jobs",
     "list_projects",
+    "list_versions",
     "list_workflows",
+    "process_children",
+    "project_view",
+    "version_view",
     "wait_for_job",
+    "workflow_summary",
     "workflow_view",
 ]
 
@@ -61,12 +76,23 @@ def workflow_view(
     row = by_number.get(max(by_number) if version is None else version)
     if row is None:
         raise NotFoundError(f"workflow {workflow!r} has no version {version}")
+    return {
+        "id": str(found.id),
+        "name": found.name,
+        "description": found.description,
+        "versions": sorted(by_number),
+        "version": {"id": str(row.id), "number": row.number, "steps": _steps(row)},
+    }
+
+
+def _steps(row: WorkflowVersion) -> list[dict[str, Any]]:
+    """A version's steps with their transitions, from their rows, in definition order."""
     transitions: dict[str, list[dict[str, Any]]] = {}
     for transition in row.transitions:
         transitions.setdefault(transition.source, []).append(
             {"to": transition.target, "when": transition.condition}
         )
-    steps = [
+    return [
         {
             "name": step.name,
             "function": step.function,
@@ -81,12 +107,46 @@ def workflow_view(
         }
         for step in row.steps
     ]
+
+
+def workflow_summary(session: Session, workflow_id: uuid.UUID | str) -> dict[str, Any]:
+    """The workflow ``workflow_id``: its project, names, version numbers and archive time."""
+    found = find_workflow(session, workflow_id)
+    numbers = sorted(v.number for v in found.versions)
     return {
         "id": str(found.id),
+        "project_id": str(found.project_id),
         "name": found.name,
         "description": found.description,
-        "versions": sorted(by_number),
-        "version": {"id": str(row.id), "number": row.number, "steps": steps},
+        "version": numbers[-1] if numbers else None,
+        "versions": numbers,
+        "archived_at": _iso(found.archived_at),
+        "created_at": found.created_at.isoformat(),
+    }
+
+
+def list_versions(session: Session, workflow_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    """The versions of workflow ``workflow_id``, oldest first, without their steps."""
+    found = find_workflow(session, workflow_id)
+    return [_version_head(version) for version in found.versions]
+
+
+def version_view(session: Session, workflow_id: uuid.UUID | str, number: int) -> dict[str, Any]:
+    """Version ``number`` of workflow ``workflow_id``: its definition as stored, and its steps."""
+    found = find_workflow(session, workflow_id)
+    row = next((v for v in found.versions if v.number == number), None)
+    if row is None:
+        raise NotFoundError(f"workflow {found.name!r} has no version {number}")
+    return {**_version_head(row), "definition": row.definition, "steps": _steps(row)}
+
+
+def _version_head(row: WorkflowVersion) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "workflow_id": str(row.workflow_id),
+        "number": row.number,
+        "start_step": row.start_step,
+        "created_at": row.created_at.isoformat(),
     }
 
 
@@ -119,18 +179,183 @@ def list_jobs(
 ) -> list[dict[str, Any]]:
     """The newest ``limit`` jobs (1 to 500), of one workflow if given, with its workflow's name."""
     limit = check(Limit, limit, field="limit")
-    query = (
-        select(Job, Workflow.name)
-        .join(Workflow, Workflow.id == Job.workflow_id)
-        .order_by(Job.created_at.desc())
-        .limit(limit)
+    items: list[dict[str, Any]] = job_page(
+        session, JobFilters(workflow_id=workflow_id), limit=limit
+    )["items"]
+    return items
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    """Which jobs a listing shows; every filter given must hold."""
+
+    project_id: uuid.UUID | None = None
+    workflow_id: uuid.UUID | None = None
+    status: str | None = None
+    trigger: str | None = None
+    #: Jobs created at or after this moment ...
+    created_from: datetime | None = None
+    #: ... and strictly before this one.
+    created_until: datetime | None = None
+
+
+def job_page(
+    session: Session, filters: JobFilters, *, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """One page of jobs, newest first: ``{"items": [...], "next": cursor or None}``.
+
+    Keyset pagination on ``(created_at, id)``: ``cursor`` (from the page
+    before, :func:`encode_cursor`) continues after its last job, so pages
+    neither skip nor repeat jobs while new ones start. Each job carries its
+    workflow's name. :class:`InvalidInput` naming ``cursor`` for a cursor
+    this function did not make.
+    """
+    limit = check(Limit, limit, field="limit")
+    query: Select[Job, str] = select(Job, Workflow.name).join(
+        Workflow, Workflow.id == Job.workflow_id
     )
-    if workflow_id is not None:
-        query = query.where(Job.workflow_id == workflow_id)
-    return [
+    if filters.project_id is not None:
+        query = query.where(Workflow.project_id == filters.project_id)
+    if filters.workflow_id is not None:
+        query = query.where(Job.workflow_id == filters.workflow_id)
+    if filters.status is not None:
+        query = query.where(Job.status == filters.status)
+    if filters.trigger is not None:
+        query = query.where(Job.trigger == filters.trigger)
+    if filters.created_from is not None:
+        query = query.where(Job.created_at >= filters.created_from)
+    if filters.created_until is not None:
+        query = query.where(Job.created_at < filters.created_until)
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created_at, job_id))
+    rows = session.execute(
+        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    ).all()
+    items = [
         {**job_event(job), "workflow": name, "created_at": job.created_at.isoformat()}
-        for job, name in session.execute(query)
+        for job, name in rows[:limit]
     ]
+    last = rows[limit - 1][0] if len(rows) > limit else None
+    return {"items": items, "next": encode_cursor(last.created_at, last.id) if last else None}
+
+
+def encode_cursor(created_at: datetime, key: uuid.UUID) -> str:
+    """An opaque cursor that continues a listing after the row ``(created_at, key)``."""
+    raw = f"{created_at.isoformat()}|{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The row a cursor of :func:`encode_cursor` continues after; :class:`InvalidInput` if bad."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, key = raw.split("|")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("no time zone")
+        return created_at, uuid.UUID(key)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("is not a cursor from a listing of this kind", field="cursor") from None
+
+
+#: Fan-out children shown with their parent in :func:`job_tree`; the rest come page by page.
+CHILDREN_SHOWN = 50
+
+
+def job_tree(
+    session: Session, job_id: uuid.UUID | str, *, children: int = CHILDREN_SHOWN
+) -> dict[str, Any]:
+    """The job with its top-level processes; each fan-out with its first ``children`` children.
+
+    Like :func:`job_view`, but a fan-out of 10,000 items costs one page of
+    children: each fan-out parent carries ``children`` (``items`` in item
+    order, ``total``, and ``next``, the item index to continue from with
+    :func:`process_children`, or None).
+    """
+    job = session.get(Job, _job_key(job_id))
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    top = session.scalars(
+        select(Process)
+        .where(Process.job_id == job.id, Process.parent_id.is_(None))
+        .order_by(Process.created_at)
+    ).all()
+    pages = {
+        p.id: _children_page(session, p.id, after=None, limit=children)
+        for p in top
+        if p.kind == ProcessKind.FANOUT
+    }
+    shown = [*top, *(child for page in pages.values() for child in page[0])]
+    waiting = registry.waiting_reasons(
+        session, {p.function for p in shown if p.status == ProcessStatus.QUEUED}
+    )
+    processes = []
+    for process in top:
+        view = process_event(process, waiting.get(process.function))
+        if process.id in pages:
+            items, total, following = pages[process.id]
+            view["children"] = {
+                "items": [process_event(c, waiting.get(c.function)) for c in items],
+                "total": total,
+                "next": following,
+            }
+        processes.append(view)
+    return {
+        **job_event(job),
+        "input": job.input,
+        "created_at": job.created_at.isoformat(),
+        "processes": processes,
+    }
+
+
+def process_children(
+    session: Session,
+    job_id: uuid.UUID | str,
+    process_id: uuid.UUID | str,
+    *,
+    after: int | None = None,
+    limit: int = CHILDREN_SHOWN,
+) -> dict[str, Any]:
+    """A page of a fan-out's children in item order, after item index ``after``.
+
+    ``{"items": [...], "total": n, "next": index or None}``.
+    """
+    limit = check(Limit, limit, field="limit")
+    try:
+        parent = session.get(Process, uuid.UUID(str(process_id)))
+    except ValueError:
+        parent = None
+    if parent is None or parent.job_id != _job_key(job_id):
+        raise NotFoundError(f"job {job_id} has no process {process_id}")
+    items, total, following = _children_page(session, parent.id, after=after, limit=limit)
+    waiting = registry.waiting_reasons(
+        session, {c.function for c in items if c.status == ProcessStatus.QUEUED}
+    )
+    return {
+        "items": [process_event(c, waiting.get(c.function)) for c in items],
+        "total": total,
+        "next": following,
+    }
+
+
+def _children_page(
+    session: Session, parent_id: uuid.UUID, *, after: int | None, limit: int
+) -> tuple[list[Process], int, int | None]:
+    """Children of ``parent_id`` after item ``after``, how many it has, and where to go on."""
+    query = select(Process).where(Process.parent_id == parent_id)
+    if after is not None:
+        query = query.where(Process.item_index > after)
+    rows = list(session.scalars(query.order_by(Process.item_index).limit(limit + 1)))
+    total = session.scalar(select(func.count()).where(Process.parent_id == parent_id)) or 0
+    following = rows[limit - 1].item_index if len(rows) > limit else None
+    return rows[:limit], total, following
+
+
+def project_view(session: Session, project: str | uuid.UUID) -> dict[str, Any]:
+    """One project as :func:`list_projects` shows it."""
+    found = get_project(session, project)
+    return next(p for p in list_projects(session) if p["id"] == str(found.id))
 
 
 def list_projects(session: Session) -> list[dict[str, Any]]:
@@ -151,23 +376,31 @@ def list_projects(session: Session) -> list[dict[str, Any]]:
     ]
 
 
-def list_workflows(session: Session, project: str | uuid.UUID) -> list[dict[str, Any]]:
-    """The workflows of ``project``, by name, with their newest version number."""
+def list_workflows(
+    session: Session, project: str | uuid.UUID, *, archived: bool = False
+) -> list[dict[str, Any]]:
+    """The workflows of ``project``, by name, with their newest version number.
+
+    Archived workflows are left out unless ``archived``.
+    """
     owner = get_project(session, project)
     newest = (
         select(func.max(WorkflowVersion.number))
         .where(WorkflowVersion.workflow_id == Workflow.id)
         .scalar_subquery()
     )
-    rows = session.execute(
-        select(Workflow, newest).where(Workflow.project_id == owner.id).order_by(Workflow.name)
-    ).all()
+    query = select(Workflow, newest).where(Workflow.project_id == owner.id)
+    if not archived:
+        query = query.where(Workflow.archived_at.is_(None))
+    rows = session.execute(query.order_by(Workflow.name)).all()
     return [
         {
             "id": str(workflow.id),
             "name": workflow.name,
             "description": workflow.description,
+            "project_id": str(workflow.project_id),
             "version": number,
+            "archived_at": _iso(workflow.archived_at),
             "created_at": workflow.created_at.isoformat(),
         }
         for workflow, number in rows
@@ -245,6 +478,10 @@ def wait_for_job(
     """The job's view once it has finished; :class:`JobStillRunning` after ``timeout`` s."""
     *_, final = follow_job(factory, job_id, interval=interval, timeout=timeout, changes=False)
     return final
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:

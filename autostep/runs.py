@@ -40,7 +40,13 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from autostep import inbox, registry
-from autostep.catalog import CompiledVersion, get_workflow, latest_version, load_version
+from autostep.catalog import (
+    CompiledVersion,
+    get_workflow,
+    latest_version,
+    load_version,
+    lock_active_workflow,
+)
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
@@ -74,9 +80,13 @@ def start_job(
     trigger: str = "api",
     version: int | None = None,
 ) -> Job:
-    """Start a run of ``workflow`` (its latest version unless ``version``)."""
+    """Start a run of ``workflow`` (its latest version unless ``version``).
+
+    :class:`ConflictError` for an archived workflow; the workflow row is
+    share-locked until commit, so archiving waits and then sees this run.
+    """
     input = check(JobInput, input, field="input")
-    wf = get_workflow(session, project, workflow)
+    wf = lock_active_workflow(session, get_workflow(session, project, workflow).id)
     row = latest_version(session, wf.id)
     if version is not None and version != row.number:
         match = [v for v in wf.versions if v.number == version]
@@ -117,7 +127,8 @@ def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api"
     fan-out only the children that did not succeed run again. The new job's
     ``rerun_of`` names the original. :class:`ConflictError` for a job that is
     still running or succeeded, or that failed outside any step (a
-    transition, or its step budget), which the same version would repeat.
+    transition, or its step budget), which the same version would repeat,
+    and for a job of an archived workflow.
     """
     source = session.get(Job, _job_key(job_id))
     if source is None:
@@ -138,6 +149,7 @@ def rerun_job(session: Session, job_id: uuid.UUID | str, *, trigger: str = "api"
             f"job {source.id} failed outside its steps ({source.error}); the same version "
             "would fail the same way: publish a fix and start a new run"
         )
+    lock_active_workflow(session, source.workflow_id)
     version = load_version(session, source.version_id)
     job, out = _new_job(
         session, source.workflow_id, source.version_id, trigger, source.input, rerun_of=source.id

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     #: Runner: seconds a SIGTERM waits for running steps before abandoning them
     #: (their messages, never acknowledged, are delivered again).
     stop_timeout_seconds: float = 8.0
+    #: HTTP gateway: the address ``autostep gateway run`` listens on.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
 
 
 @lru_cache(maxsize=1)

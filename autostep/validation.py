@@ -30,6 +30,7 @@ from autostep.settings import get_settings
 
 __all__ = [
     "NAME_PATTERN",
+    "NAME_RULE",
     "Description",
     "JobInput",
     "Limit",
@@ -65,7 +66,9 @@ Limit = Annotated[int, Field(strict=True, ge=1, le=500)]
 #: ``\u0000`` in JSON text that is an escaped NUL (not an escaped backslash before ``u0000``).
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
-_NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and -"
+#: What :data:`NAME_PATTERN` asks, in words, for error messages.
+NAME_RULE = "must start with a letter or _ and use only letters, digits, _ and -"
+_NAME_RULE = NAME_RULE
 
 
 def _json_object_within_limit(value: Any) -> dict[str, Any]:

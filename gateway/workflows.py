@@ -1,6 +1,6 @@
 """The ``workflows`` and ``conditions`` nameko RPC services.
 
-What ``nameko shell`` (and later the REST gateway) uses to manage projects and
+What ``nameko shell`` uses (served by ``autostep gateway rpc``) to manage projects and
 workflows, start runs and read them. Thin: each entrypoint opens a unit of
 work and delegates to :mod:`autostep.catalog`, :mod:`autostep.runs` or
 :mod:`autostep.queries` (and :mod:`autostep.registry`, the function registry);

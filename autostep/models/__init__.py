@@ -4,11 +4,19 @@ from autostep.models.base import Base
 from autostep.models.catalog import Project, Step, Transition, Workflow, WorkflowVersion
 from autostep.models.messaging import Inbox, Outbox
 from autostep.models.registry import FunctionRunner
-from autostep.models.runs import Job, JobStatus, Process, ProcessKind, ProcessStatus
+from autostep.models.runs import (
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    Process,
+    ProcessKind,
+    ProcessStatus,
+)
 
 __all__ = [
     "Base",
     "FunctionRunner",
+    "IdempotencyKey",
     "Inbox",
     "Job",
     "JobStatus",

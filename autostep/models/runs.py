@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from autostep.models.base import Base, created_at_column, new_id
 
-__all__ = ["Job", "JobStatus", "Process", "ProcessKind", "ProcessStatus"]
+__all__ = ["IdempotencyKey", "Job", "JobStatus", "Process", "ProcessKind", "ProcessStatus"]
 
 
 class JobStatus(enum.StrEnum):
@@ -112,3 +112,17 @@ class Process(Base):
     created_at: Mapped[datetime] = created_at_column()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """The ``Idempotency-Key`` of a job start: the same key starts one job per workflow."""
+
+    __tablename__ = "idempotency_key"
+
+    workflow_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: SHA-256 of the request that first used the key (:mod:`autostep.idempotency`).
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: The job that request started; NULL until it is stored, in the same transaction.
+    job_id: Mapped[uuid.UUID | None]
+    created_at: Mapped[datetime] = created_at_column()

@@ -9,8 +9,10 @@ SIGTERMs and restarts one of them; its output goes to a file in ``tmp_path``
 whose tail is printed when the test fails. Every process a test started is
 stopped at teardown.
 
-Override points: ``relay_settings`` and ``runner_settings`` (extra
-environment variables for those processes).
+Override points: ``relay_settings``, ``runner_settings`` and
+``gateway_settings`` (extra environment variables for those processes).
+``gateway`` serves the HTTP gateway on a free port (``start_gateway``
+starts more); ``api`` is an httpx client of it.
 
 ``private_postgres`` and ``private_rabbit`` start servers of the test's own
 (:mod:`tests.e2e.servers`), for tests that stop or crash a server; they are
@@ -22,14 +24,17 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import psycopg
 import pytest
 
@@ -44,7 +49,17 @@ from tests.e2e.servers import (
     missing_binaries,
 )
 
-__all__ = ["REPO_ROOT", "Cli", "ManagedProcess", "autostep_command", "runner_connected"]
+__all__ = [
+    "REPO_ROOT",
+    "Cli",
+    "Gateway",
+    "ManagedProcess",
+    "autostep_command",
+    "free_port",
+    "http_answers",
+    "http_ok",
+    "runner_connected",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The modules the function runner serves: the built-ins and the test functions.
@@ -352,6 +367,78 @@ def runner_process(
         env=runner_settings,
         ready=runner_connected,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within half a second."""
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def http_answers(url: str) -> Callable[[ManagedProcess], bool]:
+    """Readiness of the HTTP gateway: ``url`` answers 200."""
+    return lambda process: http_ok(url)
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, str]:
+    """Extra environment variables for the HTTP gateway (override point)."""
+    return {}
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The HTTP gateway a test started: its process and base URL."""
+
+    process: ManagedProcess
+    url: str
+
+
+@pytest.fixture
+def start_gateway(
+    autostep_process: Callable[..., ManagedProcess], gateway_settings: dict[str, str]
+) -> Callable[..., Gateway]:
+    """Factory: ``start_gateway(name="gateway", **env)`` serves a gateway on a free port.
+
+    Ready once ``/healthz`` answers; ``env`` adds to ``gateway_settings``.
+    """
+
+    def start(name: str = "gateway", **env: str) -> Gateway:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = autostep_process(
+            name,
+            "gateway",
+            "run",
+            env={**gateway_settings, **env, "AUTOSTEP_HTTP_PORT": str(port)},
+            ready=http_answers(f"{url}/healthz"),
+        )
+        return Gateway(process, url)
+
+    return start
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    """``autostep gateway run`` on a free port, with this session's database and broker."""
+    return start_gateway()
+
+
+@pytest.fixture
+def api(gateway: Gateway) -> Iterator[httpx.Client]:
+    """An HTTP client of the gateway."""
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        yield client
 
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]

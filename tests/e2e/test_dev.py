@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT, autostep_command
+from tests.e2e.conftest import REPO_ROOT, autostep_command, free_port, http_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -23,10 +23,11 @@ def _children(pid: int) -> list[int]:
 def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
     platform_env: dict[str, str],
 ) -> None:
+    port = free_port()
     dev = subprocess.Popen(
         autostep_command("dev"),
         cwd=REPO_ROOT,
-        env={**os.environ, **platform_env},
+        env={**os.environ, **platform_env, "AUTOSTEP_HTTP_PORT": str(port)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -40,6 +41,10 @@ def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
         while time.monotonic() < deadline and not any("platform running" in x for x in lines):
             time.sleep(0.2)
         children = _children(dev.pid)
+        docs = f"http://127.0.0.1:{port}/docs"
+        while time.monotonic() < deadline and not http_ok(docs):
+            time.sleep(0.2)
+        docs_served = http_ok(docs)
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
@@ -50,7 +55,10 @@ def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
     for step in ("seed:succeeded", "fan_out:succeeded", "total:succeeded", "report:succeeded"):
         assert step in output, output
     assert '"values": [144, 233, 377]' in output  # fibo(12), fibo(13), fibo(14)
-    assert len(children) == 3  # relay, functions, gateway
+    url = f"http://127.0.0.1:{port}"
+    assert f"REST API at {url}/ (docs: {url}/docs)" in output, output
+    assert docs_served
+    assert len(children) == 4  # relay, functions, the HTTP gateway, the RPC gateway
     deadline = time.monotonic() + 5  # dev waited for them; give the kernel a moment
     while [pid for pid in children if os.path.exists(f"/proc/{pid}")]:
         assert time.monotonic() < deadline, "children left"

@@ -17,6 +17,7 @@ COMMANDS = [
     ["functions", "run"],
     ["gateway"],
     ["gateway", "run"],
+    ["gateway", "rpc"],
     ["project"],
     ["project", "create"],
     ["workflow"],

@@ -1,0 +1,219 @@
+"""The HTTP gateway's bodies and answers, as pydantic models.
+
+Answers mirror the core's read models (:mod:`autostep.queries`,
+:mod:`autostep.registry`) and the ``*.updated`` events
+(:mod:`autostep.events`), so a client sees a job the same way over REST,
+over the socket and in the CLI. Field rules come from
+:mod:`autostep.validation`, the ones the core applies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autostep.validation import Description, Name, VersionNumber
+
+__all__ = [
+    "ChildrenPage",
+    "ConditionTest",
+    "ConditionVerdict",
+    "FunctionOut",
+    "JobDetail",
+    "JobListed",
+    "JobOut",
+    "JobPage",
+    "JobStart",
+    "ProcessOut",
+    "ProjectIn",
+    "ProjectOut",
+    "ProjectPatch",
+    "Published",
+    "StepOut",
+    "TransitionOut",
+    "VersionDetail",
+    "VersionOut",
+    "WorkflowDetail",
+    "WorkflowOut",
+]
+
+JobStatusName = Literal["running", "succeeded", "failed", "cancelled"]
+ProcessStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProjectIn(_Body):
+    name: Name
+    description: Description = ""
+
+
+class ProjectPatch(_Body):
+    """What to change; fields left out stay as they are."""
+
+    name: Name | None = None
+    description: Description | None = None
+
+
+class ProjectOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str
+    workflows: int = Field(description="Workflows in the project, archived ones included.")
+    created_at: datetime
+
+
+class WorkflowOut(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    description: str
+    version: int | None = Field(description="The newest version's number.")
+    archived_at: datetime | None
+    created_at: datetime
+
+
+class WorkflowDetail(WorkflowOut):
+    versions: list[int]
+
+
+class VersionOut(BaseModel):
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    number: int
+    start_step: str
+    created_at: datetime
+
+
+class TransitionOut(BaseModel):
+    to: str
+    when: str | None
+
+
+class StepOut(BaseModel):
+    name: str
+    function: str
+    start: bool
+    config: dict[str, Any]
+    input: dict[str, Any] | None
+    for_each: str | None
+    retries: int | None
+    backoff: float | None
+    timeout: float | None
+    next: list[TransitionOut]
+
+
+class VersionDetail(VersionOut):
+    definition: dict[str, Any] = Field(description="The definition as stored.")
+    steps: list[StepOut]
+
+
+class Published(BaseModel):
+    workflow: WorkflowDetail
+    version: VersionOut
+    warnings: list[str] = Field(
+        description="Steps whose function no live runner serves (yet); published all the same."
+    )
+
+
+class FunctionOut(BaseModel):
+    name: str
+    module: str
+    description: str
+    live: bool = Field(description="Whether a runner that serves it is alive.")
+    runners: list[str] = Field(description="The live runners (`host:pid:random`).")
+    last_heartbeat: datetime
+    seconds_since_heartbeat: float
+    policy: dict[str, Any] = Field(description="Default retries, backoff and timeout.")
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+
+
+class ConditionTest(_Body):
+    expression: str = Field(max_length=10_000, description="A CEL expression.")
+    sample: dict[str, Any] = Field(
+        default_factory=dict,
+        description='The variables, e.g. `{"output": {...}, "input": {...}}`.',
+    )
+
+
+class ConditionVerdict(BaseModel):
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+class JobStart(_Body):
+    input: dict[str, Any] = Field(default_factory=dict, description="The run's input.")
+    version: VersionNumber | None = Field(
+        default=None, description="A version number (default: the newest)."
+    )
+
+
+class ProcessOut(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    parent_id: uuid.UUID | None
+    kind: Literal["task", "fanout"]
+    step: str
+    function: str
+    item_index: int | None
+    status: ProcessStatusName
+    attempt: int
+    error: str | None
+    output: dict[str, Any] | None
+    reused_from: uuid.UUID | None
+    version: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    waiting: str | None = Field(
+        description="Why a queued process waits: no live runner serves its function."
+    )
+    children: ChildrenPage | None = Field(
+        default=None, description="A fan-out's first children; more from `next`."
+    )
+
+
+class ChildrenPage(BaseModel):
+    items: list[ProcessOut]
+    total: int
+    next: int | None = Field(
+        description="The item index to continue after (`?after=`), or null on the last page."
+    )
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    version_id: uuid.UUID
+    status: JobStatusName
+    trigger: str
+    rerun_of: uuid.UUID | None
+    steps: int
+    output: dict[str, Any] | None
+    error: str | None
+    version: int
+    finished_at: datetime | None
+    created_at: datetime
+
+
+class JobListed(JobOut):
+    workflow: str = Field(description="The workflow's name.")
+
+
+class JobPage(BaseModel):
+    items: list[JobListed]
+    next: str | None = Field(description="The cursor of the next page, or null on the last.")
+
+
+class JobDetail(JobOut):
+    input: dict[str, Any]
+    processes: list[ProcessOut] = Field(description="Top-level processes in creation order.")
+
+
+ProcessOut.model_rebuild()

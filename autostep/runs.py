@@ -10,11 +10,13 @@ Every function here runs inside the caller's transaction and writes, with the
 rows it changes, the outbox rows that announce them: step messages for the
 next processes and ``job.updated`` / ``process.updated`` events.
 
-**Lock order: the job row first, then its process rows** (a process, then
-its fan-out parent). No transaction locks a process row without holding its
-job's lock, so the transactions of one job run one after another: they
-cannot deadlock, and their outbox ``seq`` follows commit order. Every
-function below takes the job's lock as its first lock; keep it that way.
+**Lock order: the workflow row, then the job row, then its process rows**
+(a process, then its fan-out parent). Starting or rerunning a run
+share-locks its workflow row first (so archiving waits for it and then sees
+it); every other function below takes the job's lock as its first lock. No
+transaction locks a process row without holding its job's lock, so the
+transactions of one job run one after another: they cannot deadlock, and
+their outbox ``seq`` follows commit order. Keep it that way.
 
 A job may enter at most ``max_steps`` steps (a workflow setting, 10,000 by
 default; fan-out children and retries are not counted, their list and retry

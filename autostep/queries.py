@@ -34,11 +34,13 @@ from autostep.validation import Limit, check
 
 __all__ = [
     "follow_job",
+    "job_owners",
     "job_view",
     "list_jobs",
     "list_projects",
     "list_workflows",
     "wait_for_job",
+    "workflow_project",
     "workflow_view",
 ]
 
@@ -115,9 +117,15 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
 
 
 def list_jobs(
-    session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
+    session: Session,
+    workflow_id: uuid.UUID | None = None,
+    limit: int = 50,
+    project_id: uuid.UUID | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest ``limit`` jobs (1 to 500), of one workflow if given, with its workflow's name."""
+    """The newest ``limit`` jobs (1 to 500), each with its workflow's name.
+
+    Only the jobs of ``workflow_id``, or of ``project_id``, when given.
+    """
     limit = check(Limit, limit, field="limit")
     query = (
         select(Job, Workflow.name)
@@ -127,10 +135,30 @@ def list_jobs(
     )
     if workflow_id is not None:
         query = query.where(Job.workflow_id == workflow_id)
+    if project_id is not None:
+        query = query.where(Workflow.project_id == project_id)
     return [
         {**job_event(job), "workflow": name, "created_at": job.created_at.isoformat()}
         for job, name in session.execute(query)
     ]
+
+
+def job_owners(session: Session, job_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The workflow and the project of job ``job_id``; None if there is no such job."""
+    row = session.execute(
+        select(Job.workflow_id, Workflow.project_id)
+        .join(Workflow, Workflow.id == Job.workflow_id)
+        .where(Job.id == job_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def workflow_project(session: Session, workflow_id: uuid.UUID) -> uuid.UUID:
+    """The project of workflow ``workflow_id``; :class:`NotFoundError` if there is none."""
+    project_id = session.scalar(select(Workflow.project_id).where(Workflow.id == workflow_id))
+    if project_id is None:
+        raise NotFoundError(f"no workflow {workflow_id}")
+    return project_id
 
 
 def list_projects(session: Session) -> list[dict[str, Any]]:

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     #: Runner: seconds a SIGTERM waits for running steps before abandoning them
     #: (their messages, never acknowledged, are delivered again).
     stop_timeout_seconds: float = 8.0
+    #: Gateway websocket: frames a connection may have waiting to be sent; one more closes it.
+    live_send_buffer: int = 1000
+    #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.
+    live_ping_seconds: float = 20.0
 
 
 @lru_cache(maxsize=1)

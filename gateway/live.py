@@ -191,7 +191,10 @@ class LiveConnection:
             asyncio.create_task(self._ended.wait()),
         ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.info("websocket ended: %r", task.exception())
         finally:
             self._ended.set()
             self.hub.reconnect_listeners.discard(self._resync)

@@ -133,8 +133,9 @@ def parse_frame(text: str) -> _Frame:
         raise InvalidInput(f"longer than {MAX_FRAME_CHARS} characters", field="frame")
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"not JSON: {exc}", field="frame") from None
+    except json.JSONDecodeError as exc:
+        reason = f"not JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise InvalidInput(reason, field="frame") from None
     if not isinstance(data, dict):
         raise InvalidInput("must be a JSON object", field="frame")
     model = _FRAMES.get(data.get("op"))  # type: ignore[arg-type]

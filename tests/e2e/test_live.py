@@ -336,3 +336,64 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
         fast.wait_for(f"the end of job {job_id}", _finished(job_id))
     assert fast.popen.poll() is None  # still connected
     assert len(slow.events()) < len(fast.events())
+
+
+def _exchange(url: str, env: dict[str, str], count: int, *frames: str) -> list[dict[str, Any]]:
+    """Send ``frames`` to the gateway at ``url``; the ``count`` frames that come back."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.live_client", url, str(count), *frames],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_bad_frames_get_an_error_naming_the_field_and_idle_clients_a_ping(
+    gateway: Callable[..., tuple[ManagedProcess, str]],
+    process_env: dict[str, str],
+    project_id: uuid.UUID,
+) -> None:
+    _, url = gateway("gateway", AUTOSTEP_LIVE_PING_SECONDS="0.3")
+    nobody = uuid.uuid4()
+    frames = _exchange(
+        url,
+        process_env,
+        10,
+        "{not json",
+        "[1]",
+        json.dumps({"op": "listen"}),
+        json.dumps({"op": "subscribe"}),
+        json.dumps({"op": "subscribe", "topic": "job:42"}),
+        json.dumps({"op": "subscribe", "topic": "team:1"}),
+        json.dumps({"op": "subscribe", "topic": f"project:{project_id}", "limit": 0}),
+        json.dumps({"op": "subscribe", "topic": f"job:{nobody}"}),
+        json.dumps({"op": "unsubscribe", "topic": f"workflow:{nobody}"}),
+        json.dumps({"op": "ping"}),
+    )
+    # replies to bad frames come in order; a snapshot's refusal when it has been read
+    errors = sorted((f.get("field") or "", f.get("message") or "") for f in frames)
+    assert errors == sorted(
+        [
+            (
+                "frame",
+                "not JSON: line 1, column 2: Expecting property name enclosed in double quotes",
+            ),
+            ("frame", "must be a JSON object"),
+            ("op", "must be one of subscribe, unsubscribe, ping"),
+            ("topic", "Field required"),
+            ("topic", "'42' is not an id (a UUID)"),
+            ("topic", "must be job:<id>, workflow:<id> or project:<id>"),
+            ("limit", "Input should be greater than or equal to 1"),
+            ("topic", f"no job {nobody}"),
+            ("topic", "not subscribed"),
+            ("", ""),
+        ]
+    )
+    assert [f["type"] for f in frames].count("error") == 9
+    assert {"type": "pong"} in frames
+    # a client that sends nothing and is sent nothing gets pings
+    assert _exchange(url, process_env, 2) == [{"type": "ping"}, {"type": "ping"}]

@@ -1,5 +1,7 @@
 """The gateway (``autostep.gateway``): how clients reach autostep.
 
-Today the ``workflows`` and ``conditions`` nameko RPC services; REST and the
-websocket grid will call the same core functions.
+The ``workflows`` and ``conditions`` nameko RPC services; the websocket
+``/ws`` of the live grid (:mod:`autostep.gateway.live`, on asyncio, never
+under eventlet) and its terminal client ``autostep watch``
+(:mod:`autostep.gateway.watch`). REST calls the same core functions.
 """

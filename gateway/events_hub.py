@@ -216,6 +216,11 @@ class EventsHub:
 
     # -- subscriptions ----------------------------------------------------------
 
+    @property
+    def connections(self) -> int:
+        """Websocket connections this hub serves now."""
+        return len(self.reconnect_listeners)
+
     def subscribe(self, subscription: Subscription) -> None:
         """Route events of ``subscription.topic`` to it from now on (buffered till its snapshot)."""
         self._topics.setdefault(subscription.topic.name, set()).add(subscription)

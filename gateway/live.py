@@ -50,7 +50,16 @@ from autostep.gateway.events_hub import EventsHub, Subscription, Topic
 from autostep.settings import get_settings
 from autostep.validation import invalid_input
 
-__all__ = ["MAX_FRAME_CHARS", "MAX_SUBSCRIPTIONS", "SLOW_CLIENT", "events_hub", "router"]
+__all__ = [
+    "MAX_FRAME_CHARS",
+    "MAX_SUBSCRIPTIONS",
+    "SLOW_CLIENT",
+    "UNAVAILABLE",
+    "LiveConnection",
+    "events_hub",
+    "parse_frame",
+    "router",
+]
 
 #: Close code for a client whose send queue filled up.
 SLOW_CLIENT = 4008

@@ -50,6 +50,8 @@ EVENT_TYPES = ("job.updated", "process.updated")
 OWNER_CACHE_SIZE = 100_000
 #: Jobs and processes whose newest version the hub remembers, to drop republished events.
 VERSION_CACHE_SIZE = 200_000
+#: Seconds between two attempts to connect to the broker again after losing it.
+RECONNECT_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,9 @@ class EventsHub:
         """Connect, bind this process's queue and start routing."""
         if self._factory is None:
             self._factory = make_session_factory(make_engine())
-        self._connection = await aio_pika.connect_robust(self.amqp_uri, timeout=10)
+        self._connection = await aio_pika.connect_robust(
+            self.amqp_uri, timeout=10, reconnect_interval=RECONNECT_SECONDS
+        )
         self._connection.reconnect_callbacks.add(self._reconnected)
         channel = await self._connection.channel()
         exchange = await channel.declare_exchange(

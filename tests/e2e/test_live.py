@@ -34,6 +34,7 @@ from autostep.db import unit_of_work
 from autostep.queries import job_view, wait_for_job
 from tests.e2e.conftest import REPO_ROOT, ManagedProcess, autostep_command
 from tests.helpers import publish, start
+from tests.service.test_relay import BrokerProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -397,3 +398,33 @@ def test_bad_frames_get_an_error_naming_the_field_and_idle_clients_a_ping(
     assert {"type": "pong"} in frames
     # a client that sends nothing and is sent nothing gets pings
     assert _exchange(url, process_env, 2) == [{"type": "ping"}, {"type": "ping"}]
+
+
+def test_after_losing_the_broker_each_subscription_gets_a_new_snapshot(
+    relay_process: ManagedProcess,
+    runner_process: ManagedProcess,
+    gateway: Callable[..., tuple[ManagedProcess, str]],
+    watcher: Callable[..., Watcher],
+    session_factory: Any,
+    project_id: uuid.UUID,
+    amqp_uri: str,
+) -> None:
+    publish(session_factory, str(project_id), WORKFLOW)
+    broker = BrokerProxy(amqp_uri)
+    try:
+        server, url = gateway("gateway", AUTOSTEP_AMQP_URI=broker.uri)
+        job_id = start(session_factory, str(project_id), "live", {"items": [2.5, 3]})
+        following = watcher(url, "job", job_id)
+        following.wait_snapshot()
+        broker.cut()  # events published meanwhile never reach this gateway
+        assert following.popen.wait(WAIT) == 0
+    finally:
+        broker.close()
+
+    snapshots = [f for f in following.frames() if f["type"] == "snapshot"]
+    assert len(snapshots) == 2, server.tail()
+    assert snapshots[0]["job"]["status"] == snapshots[1]["job"]["status"] == "running"
+    frames = following.frames()
+    after = frames[frames.index(snapshots[1]) + 1 :]
+    events = [f for f in after if f["type"] == "event"]
+    assert _apply(snapshots[1]["job"], events) == _final_view(session_factory, job_id)

@@ -78,3 +78,31 @@ def test_the_websocket_modules_load_neither_eventlet_nor_nameko() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_watch_prints_one_line_per_event() -> None:
+    from autostep.gateway.watch import render
+
+    process = {
+        "id": "p1",
+        "job_id": "j1",
+        "step": "fan",
+        "item_index": 2,
+        "status": "failed",
+        "version": 3,
+        "attempt": 2,
+        "error": "boom",
+        "waiting": None,
+    }
+    job = {"id": "j1", "status": "running", "version": 1, "error": None, "output": None}
+    event = render({"type": "event", "event": "process.updated", "data": process})
+    assert event.endswith("fan[2] failed (v3) attempt 2  error: boom  job j1")
+    assert "\n" not in event
+    snapshot = render(
+        {"type": "snapshot", "topic": "job:j1", "job": {**job, "processes": [process]}}
+    )
+    assert snapshot.splitlines() == [
+        "job:j1: job j1 running (v1)",
+        "  fan[2] failed (v3) attempt 2  error: boom  job j1",
+    ]
+    assert render({"type": "ping"}) == ""

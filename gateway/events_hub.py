@@ -31,6 +31,7 @@ import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aio_pika
@@ -177,6 +178,8 @@ class EventsHub:
         self._job_owners = _Lru(OWNER_CACHE_SIZE)
         self._workflow_projects = _Lru(OWNER_CACHE_SIZE)
         self._versions = _Lru(VERSION_CACHE_SIZE)
+        # owner look-ups hold up routing: a thread of their own, never behind snapshots
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events-hub")
         self._connection: AbstractRobustConnection | None = None
         self._consumer: asyncio.Task[None] | None = None
         self.queue_name = (
@@ -217,6 +220,7 @@ class EventsHub:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+        self._lookups.shutdown(wait=False)
 
     # -- subscriptions ----------------------------------------------------------
 
@@ -330,7 +334,8 @@ class EventsHub:
         if workflow_id is not None and project_id is not None:
             return workflow_id, project_id
         try:
-            found = await asyncio.to_thread(self._read_owners, job_id)
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._lookups, self._read_owners, job_id)
         except Exception as exc:
             log.warning(
                 "events hub: owners of job %s not read (%s); sent to job:%s only",

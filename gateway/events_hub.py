@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import catalog, queries
@@ -53,6 +54,8 @@ OWNER_CACHE_SIZE = 100_000
 VERSION_CACHE_SIZE = 200_000
 #: Seconds between two attempts to connect to the broker again after losing it.
 RECONNECT_SECONDS = 1.0
+#: Seconds a database connection may take: an owner look-up holds up routing.
+DATABASE_CONNECT_TIMEOUT = 3
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,11 @@ class EventsHub:
     async def start(self) -> None:
         """Connect, bind this process's queue and start routing."""
         if self._factory is None:
-            self._factory = make_session_factory(make_engine())
+            url = make_url(get_settings().database_url)
+            if "connect_timeout" not in url.query:
+                url = url.update_query_dict({"connect_timeout": str(DATABASE_CONNECT_TIMEOUT)})
+            engine = make_engine(url=url.render_as_string(hide_password=False))
+            self._factory = make_session_factory(engine)
         self._connection = await aio_pika.connect_robust(
             self.amqp_uri, timeout=10, reconnect_interval=RECONNECT_SECONDS
         )

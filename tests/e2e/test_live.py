@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from autostep.catalog import create_project
 from autostep.db import unit_of_work
 from autostep.queries import job_view, wait_for_job
+from autostep.settings import libpq_dsn
 from tests.e2e.conftest import REPO_ROOT, ManagedProcess, autostep_command
 from tests.helpers import publish, start
 from tests.service.test_relay import BrokerProxy
@@ -266,6 +268,39 @@ def test_a_client_that_subscribes_mid_run_ends_with_the_exact_final_state(
         first = known.get(entity, 0) + 1  # nothing the snapshot holds, nothing skipped
         assert seen == list(range(first, first + len(seen))), entity
     assert _apply(snapshot["job"], events) == _final_view(session_factory, job_id)
+
+
+def test_events_that_commit_while_the_snapshot_is_read_wait_for_it(
+    relay_process: ManagedProcess,
+    runner_process: ManagedProcess,
+    gateway: Callable[..., tuple[ManagedProcess, str]],
+    watcher: Callable[..., Watcher],
+    session_factory: Any,
+    project_id: uuid.UUID,
+    database_url: str,
+) -> None:
+    publish(session_factory, str(project_id), WORKFLOW)
+    _, url = gateway("gateway")
+    job_id = start(session_factory, str(project_id), "live", {"items": [0.2, 0.2]})
+    # the project's snapshot reads the project table, which the run does not touch:
+    # locked, the snapshot waits while the whole run commits
+    with psycopg.connect(libpq_dsn(database_url)) as lock:
+        lock.execute("LOCK TABLE project IN ACCESS EXCLUSIVE MODE")
+        by_project = watcher(url, "project", project_id)
+        by_job = watcher(url, "job", job_id)  # not held up: it ends with the run
+        assert by_job.popen.wait(WAIT) == 0
+        assert by_project.frames() == []
+    # by now the gateway has routed every event of the run to both subscriptions
+    snapshot = by_project.wait_snapshot()
+    (job,) = snapshot["jobs"]
+    assert job["status"] == "succeeded"
+    by_project.wait_for("events after the snapshot", lambda frames: len(frames) > 1)
+    frames = by_project.frames()
+    assert frames[0]["type"] == "snapshot"
+    events = frames[1:]
+    # the job's events are all in the snapshot; its processes' are not, so they follow
+    assert {f["event"] for f in events} == {"process.updated"}
+    assert [f["data"]["version"] for f in events if f["data"]["step"] == "done"] == [1, 2]
 
 
 def test_every_gateway_replica_delivers_every_event(

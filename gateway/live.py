@@ -69,6 +69,8 @@ UNAVAILABLE = 1013
 MAX_SUBSCRIPTIONS = 100
 #: Longest text frame a client may send.
 MAX_FRAME_CHARS = 65536
+#: Seconds to wait for a close frame to go out to a client that is being closed.
+CLOSE_TIMEOUT = 10.0
 #: Events a subscription may buffer while its snapshot is read, in send buffers.
 SNAPSHOT_BUFFER_FACTOR = 10
 
@@ -217,8 +219,10 @@ class LiveConnection:
         if self._close is not None:
             code, reason = self._close
             log.info("websocket closed with %s: %s", code, reason)
+            # the server sends the close frame only once the client has read what
+            # was sent before it; a client that never reads must not hold this task
             with suppress(Exception):  # the client may be gone already
-                await self.websocket.close(code, reason)
+                await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
 
     def _end(self, code: int, reason: str) -> None:
         if not self._ended.is_set():

@@ -358,8 +358,10 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
             start(session_factory, str(project_id), "echo", {"pad": secrets.token_urlsafe(190_000)})
             for _ in range(40)
         ]
+        for job_id in jobs:  # the gateway routed every event to both clients
+            fast.wait_for(f"the end of job {job_id}", _finished(job_id))
         deadline = time.monotonic() + WAIT
-        while "closed with 4008" not in server.output():
+        while "closed with 4008" not in server.output():  # the log line follows the close
             assert time.monotonic() < deadline, f"the slow client was not closed:\n{server.tail()}"
             time.sleep(0.05)
     finally:

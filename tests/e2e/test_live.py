@@ -16,7 +16,6 @@ run has ended.
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 import psycopg
@@ -353,17 +353,19 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
         each.wait_snapshot()
     slow.popen.send_signal(signal.SIGSTOP)  # it reads nothing more: its socket fills up
     try:
-        # 80 frames of 250 kB that do not compress: more than the sockets hold
-        jobs = [
-            start(session_factory, str(project_id), "echo", {"pad": secrets.token_urlsafe(190_000)})
-            for _ in range(40)
-        ]
-        for job_id in jobs:  # the gateway routed every event to both clients
-            fast.wait_for(f"the end of job {job_id}", _finished(job_id))
-        deadline = time.monotonic() + WAIT
-        while "closed with 4008" not in server.output():  # the log line follows the close
-            assert time.monotonic() < deadline, f"the slow client was not closed:\n{server.tail()}"
-            time.sleep(0.05)
+        # frames of 250 kB that do not compress, 20 runs at a time, until they are more
+        # than the sockets between the gateway and the stopped client hold (about 4 MB)
+        jobs: list[uuid.UUID] = []
+        while "closed with 4008" not in server.output():
+            assert len(jobs) < 160, f"the slow client was not closed:\n{server.tail()}"
+            batch = [
+                start(session_factory, str(project_id), "echo", {"pad": token_urlsafe(190_000)})
+                for _ in range(20)
+            ]
+            for job_id in batch:  # the gateway has routed every event to both clients
+                fast.wait_for(f"the end of job {job_id}", _finished(job_id))
+            jobs += batch
+            time.sleep(0.2)  # the log line follows the close
     finally:
         slow.popen.send_signal(signal.SIGCONT)
     assert slow.popen.wait(WAIT) == 1

@@ -6,7 +6,8 @@ RPC) start the long-running processes;
 ``autostep project create|list``, ``autostep workflow publish|list``,
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
 against the database;
-``autostep dev`` starts a whole local platform with a demo workflow.
+``autostep dev`` starts a whole local platform with a demo workflow;
+``autostep watch`` prints live events from the gateway's websocket.
 It is the one module allowed to import the service packages.
 
 Exit codes: 0 done, 1 failed (a failed run, a missing workflow), 2 a usage
@@ -164,6 +165,19 @@ def _parser() -> argparse.ArgumentParser:
     r_rerun.add_argument("job_id")
     r_rerun.add_argument("--follow", action="store_true", help="draw progress until it ends")
     r_rerun.set_defaults(handler=_run_rerun)
+
+    watch = sub.add_parser(
+        "watch", help="print the live events of a job, workflow or project from the gateway"
+    )
+    followed = watch.add_mutually_exclusive_group(required=True)
+    followed.add_argument("--project", metavar="ID", help="a project's jobs and their steps")
+    followed.add_argument("--workflow", metavar="ID", help="a workflow's jobs and their steps")
+    followed.add_argument("--job", metavar="ID", help="one job (ends when the job has finished)")
+    watch.add_argument("--json", action="store_true", help="print each frame as a JSON line")
+    watch.add_argument(
+        "--url", default="ws://127.0.0.1:8080/ws", help="the gateway's websocket (%(default)s)"
+    )
+    watch.set_defaults(handler=_watch)
 
     dev = sub.add_parser("dev", help="run relay, functions and gateway locally, plus a demo")
     dev.add_argument("--no-demo", action="store_true", help="do not start the demo run")
@@ -543,6 +557,21 @@ def _render(view: dict[str, Any]) -> str:
     elif view["error"]:
         lines.append(f"error: {view['error']}")
     return "\n".join(lines)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import uuid
+
+    kind = "project" if args.project else "workflow" if args.workflow else "job"
+    ident = getattr(args, kind)
+    try:
+        uuid.UUID(ident)
+    except ValueError:
+        _usage_error(f"--{kind}: {ident!r} is not an id (a UUID)")
+    # asyncio and the websocket client load only here, never in an eventlet process
+    from autostep.gateway.watch import watch
+
+    return watch(args.url, f"{kind}:{ident}", json_lines=args.json)
 
 
 def _dev(args: argparse.Namespace) -> int:

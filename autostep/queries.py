@@ -42,6 +42,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "follow_job",
+    "job_owners",
     "job_page",
     "job_tree",
     "job_view",
@@ -53,6 +54,7 @@ __all__ = [
     "project_view",
     "version_view",
     "wait_for_job",
+    "workflow_project",
     "workflow_summary",
     "workflow_view",
 ]
@@ -175,13 +177,18 @@ def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
 
 
 def list_jobs(
-    session: Session, workflow_id: uuid.UUID | None = None, limit: int = 50
+    session: Session,
+    workflow_id: uuid.UUID | None = None,
+    limit: int = 50,
+    project_id: uuid.UUID | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest ``limit`` jobs (1 to 500), of one workflow if given, with its workflow's name."""
+    """The newest ``limit`` jobs (1 to 500), each with its workflow's name.
+
+    Only the jobs of ``workflow_id``, or of ``project_id``, when given.
+    """
     limit = check(Limit, limit, field="limit")
-    items: list[dict[str, Any]] = job_page(
-        session, JobFilters(workflow_id=workflow_id), limit=limit
-    )["items"]
+    filters = JobFilters(workflow_id=workflow_id, project_id=project_id)
+    items: list[dict[str, Any]] = job_page(session, filters, limit=limit)["items"]
     return items
 
 
@@ -356,6 +363,24 @@ def project_view(session: Session, project: str | uuid.UUID) -> dict[str, Any]:
     """One project as :func:`list_projects` shows it."""
     found = get_project(session, project)
     return next(p for p in list_projects(session) if p["id"] == str(found.id))
+
+
+def job_owners(session: Session, job_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The workflow and the project of job ``job_id``; None if there is no such job."""
+    row = session.execute(
+        select(Job.workflow_id, Workflow.project_id)
+        .join(Workflow, Workflow.id == Job.workflow_id)
+        .where(Job.id == job_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def workflow_project(session: Session, workflow_id: uuid.UUID) -> uuid.UUID:
+    """The project of workflow ``workflow_id``; :class:`NotFoundError` if there is none."""
+    project_id = session.scalar(select(Workflow.project_id).where(Workflow.id == workflow_id))
+    if project_id is None:
+        raise NotFoundError(f"no workflow {workflow_id}")
+    return project_id
 
 
 def list_projects(session: Session) -> list[dict[str, Any]]:

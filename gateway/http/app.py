@@ -2,7 +2,9 @@
 
 :func:`create_app` builds the app from the settings: one session factory
 for the process (each endpoint opens its own unit of work with it), the
-routers of :mod:`autostep.gateway.http.routes`, errors as problem details
+routers of :mod:`autostep.gateway.http.routes` and the websocket ``/ws`` of
+the live grid (:mod:`autostep.gateway.live`, its events hub started and
+stopped with the app), errors as problem details
 (:mod:`autostep.gateway.http.problems`), body limits
 (:mod:`autostep.gateway.http.limits`), ``/metrics`` for Prometheus
 (:mod:`autostep.gateway.http.metrics`), ``/healthz`` (the process answers)
@@ -30,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from autostep.db import database_answers, make_engine, make_session_factory
+from autostep.gateway import live
 from autostep.gateway.http import metrics
 from autostep.gateway.http.limits import BodyLimits
 from autostep.gateway.http.metrics import RequestMetrics
@@ -40,6 +43,7 @@ from autostep.gateway.http.problems import (
     problem_responses,
 )
 from autostep.gateway.http.routes import functions, jobs, projects, workflows
+from autostep.gateway.live import events_hub
 from autostep.settings import Settings, amqp_params, get_settings
 
 __all__ = ["PROBE_TIMEOUT", "create_app"]
@@ -73,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # their turn in the event loop instead of holding a thread that waits
         # for a connection.
         to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
-        yield
+        async with events_hub(app):
+            yield
         engine.dispose()
 
     app = FastAPIOffline(
@@ -87,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_session_factory(engine)
     for module in (projects, workflows, jobs, functions):
         app.include_router(module.router)
+    app.include_router(live.router)
     app.include_router(metrics.router)
     install_problem_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=settings.max_payload_bytes)

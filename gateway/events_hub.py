@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +55,15 @@ OWNER_CACHE_SIZE = 100_000
 VERSION_CACHE_SIZE = 200_000
 #: Seconds between two attempts to connect to the broker again after losing it.
 RECONNECT_SECONDS = 1.0
+
+#: Served at the gateway's ``/metrics`` (the process's default registry).
+EVENTS_RECEIVED = Counter(
+    "autostep_ws_events_received", "Events the gateway took from the autostep.events exchange."
+)
+EVENTS_FORWARDED = Counter(
+    "autostep_ws_events_forwarded", "Event frames the gateway queued for websocket clients."
+)
+CONNECTIONS = Gauge("autostep_ws_connections", "Websocket connections the gateway serves now.")
 #: Seconds a database connection may take: an owner look-up holds up routing.
 DATABASE_CONNECT_TIMEOUT = 3
 
@@ -210,6 +220,7 @@ class EventsHub:
                 url = url.update_query_dict({"connect_timeout": str(DATABASE_CONNECT_TIMEOUT)})
             engine = make_engine(url=url.render_as_string(hide_password=False))
             self._factory = make_session_factory(engine)
+        CONNECTIONS.set_function(lambda: self.connections)
         self._consumer = asyncio.create_task(self._run(), name="events-hub")
 
     async def _run(self) -> None:
@@ -324,6 +335,7 @@ class EventsHub:
     async def route(self, event_type: str, body: bytes) -> None:
         """Hand the event ``body`` (a ``*.updated`` payload) to the subscriptions of its topics."""
         self.events_received += 1
+        EVENTS_RECEIVED.inc()
         try:
             payload = json.loads(body)
             kind = {"job.updated": "job", "process.updated": "process"}[event_type]
@@ -355,6 +367,7 @@ class EventsHub:
             for subscription in tuple(subscriptions):
                 subscription.deliver(entity, version, text)
                 self.events_forwarded += 1
+                EVENTS_FORWARDED.inc()
 
     async def _owners(self, job_id: str) -> tuple[str, str] | None:
         """The workflow and project of ``job_id``, from the caches or else the database."""

@@ -42,6 +42,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, WebSocket
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -63,6 +64,10 @@ __all__ = [
 
 #: Close code for a client whose send queue filled up.
 SLOW_CLIENT = 4008
+#: Served at the gateway's ``/metrics``.
+SLOW_CLIENTS_CLOSED = Counter(
+    "autostep_ws_slow_clients_closed", "Websocket clients closed because they read too slowly."
+)
 #: Close code when the gateway has no events hub (it is starting or stopping).
 UNAVAILABLE = 1013
 #: Topics one connection may follow at once.
@@ -189,6 +194,7 @@ class LiveConnection:
         self._frames_waiting.set()
 
     def overflow(self) -> None:
+        SLOW_CLIENTS_CLOSED.inc()
         self._end(
             SLOW_CLIENT, f"slow client: more than {self.send_buffer} frames waiting to be sent"
         )

@@ -27,6 +27,7 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -232,6 +233,21 @@ def test_a_run_arrives_in_version_order_after_the_snapshot(
         key: final[key] for key in state if key != "processes"
     }
     assert state["processes"] == final["processes"]
+    served = _metrics(url)
+    assert served["autostep_ws_connections"] == 1
+    assert served["autostep_ws_events_forwarded_total"] >= len(events)
+
+
+def _metrics(ws_url: str) -> dict[str, float]:
+    """The gateway's unlabelled metrics, from ``/metrics`` beside its ``/ws``."""
+    http_url = ws_url.replace("ws://", "http://", 1).removesuffix("/ws")
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
 
 
 def test_a_client_that_subscribes_mid_run_ends_with_the_exact_final_state(
@@ -376,6 +392,7 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
         fast.wait_for(f"the end of job {job_id}", _finished(job_id))
     assert fast.popen.poll() is None  # still connected
     assert len(slow.events()) < len(fast.events())
+    assert _metrics(url)["autostep_ws_slow_clients_closed_total"] == 1
 
 
 def _exchange(url: str, env: dict[str, str], count: int, *frames: str) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from autostep.exceptions import (
     InfrastructureError,
     InvalidInput,
     NotFoundError,
+    PreconditionFailed,
 )
 from autostep.validation import NAME_PATTERN, NAME_RULE, field_path
 
@@ -55,6 +56,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEMS: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not-found"),
     ConflictError: (409, "conflict"),
+    PreconditionFailed: (412, "precondition-failed"),
     InvalidInput: (422, "invalid-input"),
     DefinitionError: (422, "invalid-definition"),
     InfrastructureError: (503, "unavailable"),

@@ -74,23 +74,59 @@ def test_a_draft_edited_step_by_step_is_published_and_runs(
     assert [s["name"] for s in draft["definition"]["steps"]] == ["first"]
 
     etag = _etag(read)
-    edits: list[tuple[str, str, dict[str, Any] | None, int]] = [
-        ("POST", "/steps", {"name": "second", "function": "noop"}, 201),
-        ("POST", "/steps", {"name": "third", "function": "fibo", "input": {"n": "prev.n"}}, 201),
-        ("POST", "/steps/first/transitions", {"to": "second"}, 201),
-        ("POST", "/steps/third/move", {"position": 1}, 200),
-        ("PUT", "/steps/first/transitions/0", {"to": "third"}, 200),
+    #: Each edit, and the steps of the draft after it: (name, targets of its transitions).
+    edits: list[tuple[str, str, dict[str, Any] | None, int, list[tuple[str, list[str]]]]] = [
+        (
+            "POST",
+            "/steps",
+            {"name": "second", "function": "noop"},
+            201,
+            [("first", []), ("second", [])],
+        ),
+        (
+            "POST",
+            "/steps",
+            {"name": "third", "function": "fibo", "input": {"n": "prev.n"}},
+            201,
+            [("first", []), ("second", []), ("third", [])],
+        ),
+        (
+            "POST",
+            "/steps/first/transitions",
+            {"to": "second"},
+            201,
+            [("first", ["second"]), ("second", []), ("third", [])],
+        ),
+        (
+            "POST",
+            "/steps/third/move",
+            {"position": 1},
+            200,
+            [("first", ["second"]), ("third", []), ("second", [])],
+        ),
+        (
+            "PUT",
+            "/steps/first/transitions/0",
+            {"to": "third"},
+            200,
+            [("first", ["third"]), ("third", []), ("second", [])],
+        ),
         (
             "PUT",
             "/steps/third",
             {"name": "third", "function": "fibo", "input": {"n": "prev.n + 2"}},
             200,
+            [("first", ["third"]), ("third", []), ("second", [])],
         ),
-        ("DELETE", "/steps/second", None, 200),
+        ("DELETE", "/steps/second", None, 200, [("first", ["third"]), ("third", [])]),
     ]
-    for revision, (method, path, body, status) in enumerate(edits, start=2):
+    for revision, (method, path, body, status, steps) in enumerate(edits, start=2):
         answer = api.request(method, base + path, json=body, headers={"If-Match": etag})
-        assert _ok(answer, status)["revision"] == revision, (method, path)
+        draft = _ok(answer, status)
+        assert draft["revision"] == revision, (method, path)
+        assert [
+            (s["name"], [t["to"] for t in s["next"]]) for s in draft["definition"]["steps"]
+        ] == steps, (method, path)
         etag = _etag(answer)
         assert etag == f'"{revision}"'
     _problem(api.post(base + "/steps", json={"name": "late", "function": "noop"}), 428)

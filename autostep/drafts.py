@@ -214,7 +214,8 @@ def _locked(session: Session, workflow_id: uuid.UUID | str, expected: int) -> Wo
     if locked.revision != expected:
         raise PreconditionFailed(
             f"the draft is at revision {locked.revision}, not {expected}: "
-            "someone changed it since you read it; read it again"
+            "someone changed it since you read it; read it again",
+            current=locked.revision,
         )
     return locked
 

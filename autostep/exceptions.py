@@ -106,7 +106,14 @@ class StaleAttempt(ConflictError):
 
 
 class PreconditionFailed(ConflictError):
-    """A write named the revision it expected (an ETag), and another write changed it since."""
+    """A write named the revision it expected (an ETag), and another write changed it since.
+
+    ``current`` is the revision now, when known, so the caller can read it again.
+    """
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class InternalError(AutostepError):

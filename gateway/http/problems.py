@@ -146,6 +146,8 @@ async def _autostep_error(request: Request, exc: Exception) -> JSONResponse:
         errors = [ProblemField(field=exc.field, message=exc.reason)]
     _log.info("%s %s: %s %s", request.method, request.url.path, status, detail)
     headers = {"Retry-After": "1"} if status == 503 else None
+    if isinstance(exc, PreconditionFailed) and exc.current is not None:
+        headers = {"ETag": f'"{exc.current}"'}  # the revision to read again
     return problem_response(request.url.path, status, kind, detail, errors=errors, headers=headers)
 
 

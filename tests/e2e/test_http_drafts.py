@@ -181,6 +181,7 @@ def test_a_write_with_a_stale_etag_gets_412_and_changes_nothing(
     for answer in writes:
         problem = _problem(answer, 412)
         assert "revision 2, not 1" in problem["detail"], problem
+        assert _etag(answer) == '"2"'
     unchanged = api.get(base)
     assert _ok(unchanged) == after_a
     assert _etag(unchanged) == '"2"'

@@ -11,7 +11,8 @@
     │       └── ConditionError    a CEL expression does not compile or uses unknown variables
     ├── NotFoundError             a project, workflow, version, job or module is missing
     ├── ConflictError             the thing exists already / wrong state
-    │   └── StaleAttempt          a step message was overtaken by another attempt
+    │   ├── StaleAttempt          a step message was overtaken by another attempt
+    │   └── PreconditionFailed    a write expected a revision that is no longer current
     ├── PoisonMessage             a message no consumer can process: dead-lettered
     ├── JobStillRunning           a wait for a job to finish ran out of time
     ├── InternalError             something unexpected failed; the server logged it in full
@@ -43,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "PermanentError",
     "PoisonMessage",
+    "PreconditionFailed",
     "RetryableError",
     "StaleAttempt",
     "StepError",
@@ -101,6 +103,17 @@ class ConflictError(AutostepError):
 
 class StaleAttempt(ConflictError):
     """A step finished an attempt that another attempt (or the job) overtook."""
+
+
+class PreconditionFailed(ConflictError):
+    """A write named the revision it expected (an ETag), and another write changed it since.
+
+    ``current`` is the revision now, when known, so the caller can read it again.
+    """
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class InternalError(AutostepError):

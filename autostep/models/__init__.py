@@ -1,7 +1,14 @@
 """The autostep schema, one module per service: catalog, runs, messaging, registry."""
 
 from autostep.models.base import Base
-from autostep.models.catalog import Project, Step, Transition, Workflow, WorkflowVersion
+from autostep.models.catalog import (
+    Project,
+    Step,
+    Transition,
+    Workflow,
+    WorkflowDraft,
+    WorkflowVersion,
+)
 from autostep.models.messaging import Inbox, Outbox
 from autostep.models.registry import FunctionRunner
 from autostep.models.runs import (
@@ -28,5 +35,6 @@ __all__ = [
     "Step",
     "Transition",
     "Workflow",
+    "WorkflowDraft",
     "WorkflowVersion",
 ]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from autostep.models.base import Base, created_at_column, new_id
 
-__all__ = ["Project", "Step", "Transition", "Workflow", "WorkflowVersion"]
+__all__ = ["Project", "Step", "Transition", "Workflow", "WorkflowDraft", "WorkflowVersion"]
 
 
 class Project(Base):
@@ -110,3 +110,21 @@ class Transition(Base):
     target: Mapped[str] = mapped_column(String(200))
     #: CEL over ``output`` (the source step's output) and ``input`` (the job's).
     condition: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkflowDraft(Base):
+    """The definition a form edits piece by piece before it is published as a version.
+
+    One per workflow; ``revision`` grows by one on every write and is the
+    draft's ETag, so two editors never overwrite each other silently.
+    """
+
+    __tablename__ = "workflow_draft"
+
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workflow.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: The definition being edited; it may be incomplete (a transition to a step not there yet).
+    definition: Mapped[dict[str, Any]]
+    revision: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = created_at_column()

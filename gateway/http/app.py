@@ -42,7 +42,7 @@ from autostep.gateway.http.problems import (
     problem_response,
     problem_responses,
 )
-from autostep.gateway.http.routes import functions, jobs, projects, workflows
+from autostep.gateway.http.routes import drafts, functions, jobs, projects, workflows
 from autostep.gateway.live import events_hub
 from autostep.settings import Settings, amqp_params, get_settings
 
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = make_session_factory(engine)
-    for module in (projects, workflows, jobs, functions):
+    for module in (projects, workflows, drafts, jobs, functions):
         app.include_router(module.router)
     app.include_router(live.router)
     app.include_router(metrics.router)

@@ -35,6 +35,7 @@ from autostep.exceptions import (
     InfrastructureError,
     InvalidInput,
     NotFoundError,
+    PreconditionFailed,
 )
 from autostep.validation import NAME_PATTERN, NAME_RULE, field_path
 
@@ -55,6 +56,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEMS: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not-found"),
     ConflictError: (409, "conflict"),
+    PreconditionFailed: (412, "precondition-failed"),
     InvalidInput: (422, "invalid-input"),
     DefinitionError: (422, "invalid-definition"),
     InfrastructureError: (503, "unavailable"),
@@ -144,6 +146,8 @@ async def _autostep_error(request: Request, exc: Exception) -> JSONResponse:
         errors = [ProblemField(field=exc.field, message=exc.reason)]
     _log.info("%s %s: %s %s", request.method, request.url.path, status, detail)
     headers = {"Retry-After": "1"} if status == 503 else None
+    if isinstance(exc, PreconditionFailed) and exc.current is not None:
+        headers = {"ETag": f'"{exc.current}"'}  # the revision to read again
     return problem_response(request.url.path, status, kind, detail, errors=errors, headers=headers)
 
 

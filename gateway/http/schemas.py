@@ -21,6 +21,8 @@ __all__ = [
     "ChildrenPage",
     "ConditionTest",
     "ConditionVerdict",
+    "DraftOut",
+    "DraftPublished",
     "FunctionOut",
     "JobDetail",
     "JobListed",
@@ -33,6 +35,7 @@ __all__ = [
     "ProjectPatch",
     "Published",
     "StepOut",
+    "StepPosition",
     "TransitionOut",
     "VersionDetail",
     "VersionOut",
@@ -119,6 +122,25 @@ class Published(BaseModel):
     warnings: list[str] = Field(
         description="Steps whose function no live runner serves (yet); published all the same."
     )
+
+
+class DraftOut(BaseModel):
+    """A workflow's draft; ``revision`` is also its ``ETag``."""
+
+    workflow_id: uuid.UUID
+    revision: int = Field(description="Grows by one on every write; send it back in `If-Match`.")
+    definition: dict[str, Any] = Field(
+        description="The definition being edited; checked whole only when published."
+    )
+    updated_at: datetime
+
+
+class DraftPublished(Published):
+    draft: DraftOut = Field(description="The draft after publishing: equal to the new version.")
+
+
+class StepPosition(_Body):
+    position: int = Field(ge=0, le=10_000, description="Where the step goes; 0 is first.")
 
 
 class FunctionOut(BaseModel):

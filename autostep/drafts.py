@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -231,26 +231,23 @@ def _save(session: Session, draft: WorkflowDraft, definition: dict[str, Any]) ->
 
 def _well_formed(definition: dict[str, Any]) -> dict[str, Any]:
     check_payload(definition, field="definition")
-    try:
-        parsed = DraftDefinition.model_validate(definition)
-    except ValidationError as exc:
-        raise invalid_input(exc, kind=DefinitionError, whole="definition") from None
-    return parsed.model_dump(mode="json", exclude_none=True)
+    return _parsed(DraftDefinition, definition, "definition")
 
 
 def _step(step: dict[str, Any]) -> dict[str, Any]:
-    try:
-        parsed = StepDefinition.model_validate(step)
-    except ValidationError as exc:
-        raise invalid_input(exc, kind=DefinitionError, whole="step") from None
-    return parsed.model_dump(mode="json", exclude_none=True)
+    return _parsed(StepDefinition, step, "step")
 
 
 def _transition(transition: dict[str, Any]) -> dict[str, Any]:
+    return _parsed(TransitionDefinition, transition, "transition")
+
+
+def _parsed(model: type[BaseModel], data: dict[str, Any], whole: str) -> dict[str, Any]:
+    """``data`` checked against ``model``, as stored; :class:`DefinitionError` naming the field."""
     try:
-        parsed = TransitionDefinition.model_validate(transition)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
-        raise invalid_input(exc, kind=DefinitionError, whole="transition") from None
+        raise invalid_input(exc, kind=DefinitionError, whole=whole) from None
     return parsed.model_dump(mode="json", exclude_none=True)
 
 

@@ -403,14 +403,7 @@ def _enter_step(
         _step_input(step, where, job.input, prev, item=item, index=index)
         for index, item in enumerate(items)
     ]
-    parent = _new_process(job, step, {"items": items})
-    parent.kind = ProcessKind.FANOUT
-    parent.status = ProcessStatus.RUNNING
-    parent.started_at = _now()
-    parent.pending = len(items)
-    session.add(parent)
-    session.flush()
-    out.event("process.updated", parent.id, process_event(parent))
+    parent = _new_fanout_parent(session, out, job, step, {"items": items}, pending=len(items))
     if not items:
         parent.output = {"items": []}
         parent.finished_at = _now()
@@ -426,6 +419,27 @@ def _enter_step(
     for child in children:
         out.event("process.updated", child.id, process_event(child, waiting))
         out.step(_step_message(child, job, version))
+
+
+def _new_fanout_parent(
+    session: Session,
+    out: OutboxWriter,
+    job: Job,
+    step: StepDefinition,
+    data: dict[str, Any],
+    *,
+    pending: int,
+) -> Process:
+    """Insert and announce a running fan-out parent waiting for ``pending`` children."""
+    parent = _new_process(job, step, data)
+    parent.kind = ProcessKind.FANOUT
+    parent.status = ProcessStatus.RUNNING
+    parent.started_at = _now()
+    parent.pending = pending
+    session.add(parent)
+    session.flush()
+    out.event("process.updated", parent.id, process_event(parent))
+    return parent
 
 
 def _join_child(
@@ -568,14 +582,7 @@ def _enter_again(
         out.step(_step_message(process, job, version))
         return
     again = [child for child in children if child.status != ProcessStatus.SUCCEEDED]
-    parent = _new_process(job, step, stopped.input)
-    parent.kind = ProcessKind.FANOUT
-    parent.status = ProcessStatus.RUNNING
-    parent.started_at = _now()
-    parent.pending = len(again)
-    session.add(parent)
-    session.flush()
-    out.event("process.updated", parent.id, process_event(parent))
+    parent = _new_fanout_parent(session, out, job, step, stopped.input, pending=len(again))
     kept = [
         _reused(job, child, parent=parent)
         for child in children

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
@@ -50,6 +50,7 @@ __all__ = [
     "KINDS",
     "CronConfig",
     "CronSchedule",
+    "KindConfig",
     "ManualConfig",
     "WebhookConfig",
     "fire_times_before",
@@ -105,12 +106,20 @@ class CronSchedule:
     day_or: bool
 
 
-class _Config(BaseModel):
+class KindConfig(BaseModel):
+    """Base of every kind's config: unknown keys are refused."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: The variables a trigger's ``input_template`` (CEL) reads.
+    variables: ClassVar[tuple[str, ...]] = ("trigger",)
 
-class CronConfig(_Config):
+
+class CronConfig(KindConfig):
     """A schedule in a time zone, with what to do about overlaps and missed ticks."""
+
+    #: ``scheduled_time``: the tick as RFC 3339 UTC; ``trigger``: its id and name.
+    variables: ClassVar[tuple[str, ...]] = ("scheduled_time", "trigger")
 
     schedule: str = Field(min_length=1, max_length=200)
     #: An IANA zone name; the schedule is read as wall-clock time there.
@@ -153,27 +162,33 @@ def _refused() -> Iterator[None]:
         raise PydanticCustomError("refused", "{reason}", {"reason": str(exc)}) from None
 
 
-class WebhookConfig(_Config):
+class WebhookConfig(KindConfig):
     """A URL that starts a run when called with the trigger's token."""
+
+    #: ``body``: the JSON body; ``headers``: lower-cased names, the token left out.
+    variables: ClassVar[tuple[str, ...]] = ("body", "headers", "trigger")
 
     #: Largest body accepted, in bytes; None: the payload limit of the installation.
     max_body_bytes: int | None = Field(default=None, ge=1)
 
 
-class ManualConfig(_Config):
+class ManualConfig(KindConfig):
     """A button: starts a run with ``input`` (a caller may override its keys)."""
+
+    #: ``preset``: ``config.input``; ``input``: what the caller sent.
+    variables: ClassVar[tuple[str, ...]] = ("preset", "input", "trigger")
 
     input: JobInput = Field(default_factory=dict)
 
 
 #: Every kind of trigger and the model of its config.
-KINDS: dict[str, type[_Config]] = {}
+KINDS: dict[str, type[KindConfig]] = {}
 
 
-def register(kind: str) -> Callable[[type[_Config]], type[_Config]]:
+def register(kind: str) -> Callable[[type[KindConfig]], type[KindConfig]]:
     """Register the config model of a new kind of trigger under ``kind``."""
 
-    def add(model: type[_Config]) -> type[_Config]:
+    def add(model: type[KindConfig]) -> type[KindConfig]:
         KINDS[kind] = model
         return model
 
@@ -185,7 +200,7 @@ register("webhook")(WebhookConfig)
 register("manual")(ManualConfig)
 
 
-def parse_config(kind: str, config: Any) -> _Config:
+def parse_config(kind: str, config: Any) -> KindConfig:
     """``config`` validated for ``kind``; :class:`InvalidInput` naming ``config.<field>``."""
     model = KINDS.get(kind)
     if model is None:

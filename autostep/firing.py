@@ -134,7 +134,7 @@ def plan_ticks(
     if config.catch_up == "all":
         fire, reason = missed[-limit:], BEYOND_LIMIT
     elif config.catch_up == "latest":
-        fire, reason = missed[-1:], "catch-up policy latest: a newer tick fired instead"
+        fire, reason = missed[-1:], "catch-up policy latest: a newer tick fired"
     else:
         fresh = now - missed[-1] <= SKIP_GRACE
         fire, reason = (missed[-1:] if fresh else []), "catch-up policy skip"

@@ -158,7 +158,7 @@ def test_a_tick_past_its_starting_deadline_is_skipped(
 @pytest.mark.parametrize(
     ("policy", "now_after_last", "started", "skipped_reason"),
     [
-        ("latest", timedelta(minutes=5), [60], "catch-up policy latest: a newer tick fired instead"),
+        ("latest", timedelta(minutes=5), [60], "catch-up policy latest: a newer tick fired"),
         ("all", timedelta(minutes=5), [40, 50, 60], "beyond the catch-up limit"),
         ("skip", timedelta(minutes=5), [], "catch-up policy skip"),
         ("skip", timedelta(seconds=30), [60], "catch-up policy skip"),
@@ -198,9 +198,7 @@ def test_ticks_before_the_trigger_became_active_are_never_caught_up(
 ) -> None:
     trigger_id = make_trigger(catch_up="all")
     with unit_of_work(session_factory) as session:
-        session.execute(
-            update(Trigger).where(Trigger.id == trigger_id).values(active_since=TICK)
-        )
+        session.execute(update(Trigger).where(Trigger.id == trigger_id).values(active_since=TICK))
     now = TICK + timedelta(minutes=25)
     with unit_of_work(session_factory) as session:
         results = firing.fire_due(session, trigger_id, until=now, now=now)

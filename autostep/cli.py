@@ -248,9 +248,10 @@ def _gateway_run(args: argparse.Namespace) -> int:
 
 def _gateway_rpc(args: argparse.Namespace) -> int:
     def services() -> list[type]:
+        from autostep.gateway.triggers import TriggersService
         from autostep.gateway.workflows import ConditionsService, WorkflowsService
 
-        return [WorkflowsService, ConditionsService]
+        return [WorkflowsService, ConditionsService, TriggersService]
 
     return _serve("gateway", services)
 

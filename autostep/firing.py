@@ -69,6 +69,7 @@ __all__ = [
     "fire_tick",
     "plan_ticks",
     "start_from_trigger",
+    "start_manual",
 ]
 
 #: With ``catch_up: skip``, a tick this old or newer still fires.
@@ -266,6 +267,28 @@ def start_from_trigger(
     if idempotency_key is not None:
         idempotency.record(session, trigger.workflow_id, idempotency_key, job.id)
     return job
+
+
+def start_manual(
+    session: Session,
+    trigger_id: uuid.UUID | str,
+    input: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Start a run from a manual trigger: its preset updated with ``input``.
+
+    :class:`ConflictError` for a trigger of another kind (they start on
+    their own: a schedule, a call of the webhook).
+    """
+    trigger = get_trigger(session, trigger_id)
+    if trigger.kind != "manual":
+        raise ConflictError(
+            f"trigger {trigger.name!r} is a {trigger.kind} trigger: only manual ones start so"
+        )
+    return start_from_trigger(
+        session, trigger.id, {"input": input or {}}, idempotency_key=idempotency_key
+    )
 
 
 def _input(trigger: Trigger, variables: dict[str, Any]) -> Any:

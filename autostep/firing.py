@@ -284,7 +284,7 @@ def start_manual(
     trigger = get_trigger(session, trigger_id)
     if trigger.kind != "manual":
         raise ConflictError(
-            f"trigger {trigger.name!r} is a {trigger.kind} trigger: only manual ones start so"
+            f"trigger {trigger.name!r} is a {trigger.kind} trigger; only manual ones start by hand"
         )
     return start_from_trigger(
         session, trigger.id, {"input": input or {}}, idempotency_key=idempotency_key

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -311,12 +312,17 @@ def _until(args: argparse.Namespace, now: datetime) -> datetime:
 
 def _fire(args: argparse.Namespace) -> int:
     from autostep.db import unit_of_work
+    from autostep.exceptions import InvalidInput
     from autostep.firing import fire_due
 
+    try:
+        trigger_id = uuid.UUID(args.trigger)
+    except ValueError:
+        raise InvalidInput("must be a trigger id (a UUID)", field="--trigger") from None
     now = datetime.now(UTC)
     until = _until(args, now)
     with unit_of_work(_session_factory()) as session:
-        results = fire_due(session, args.trigger, until=until, now=now)
+        results = fire_due(session, trigger_id, until=until, now=now)
     for result in results:
         print(result.describe())
     return 0

@@ -328,14 +328,35 @@ def _instants(
 
     croniter walks naive wall-clock times; each becomes the instants that
     show that wall time in ``zone`` (none in a spring-forward gap, two in a
-    fall-back overlap). Instants come out of wall-time order by at most
-    :data:`_DST_SHIFT`, so the walk goes that far beyond the last one kept.
+    fall-back overlap). Around an offset change instants come out of
+    wall-time order by at most :data:`_DST_SHIFT`, so there the walk is done
+    again, looking that far beyond the last one kept.
     ``bound``: going back, stop at ticks at or before it.
     """
     if pivot.tzinfo is None:
         raise ValueError("pivot must be an aware datetime")
+    found = _walk(schedule, zone, pivot, forward, count, bound, timedelta(0))
+    if zone.key == "UTC" or zone.key.startswith("Etc/"):
+        return found
+    span = [pivot, *found, *([bound] if bound is not None else [])]
+    if not _offset_changes(zone, min(span), max(span)):
+        return found
+    return _walk(schedule, zone, pivot, forward, count, bound, _DST_SHIFT)
+
+
+def _walk(
+    schedule: CronSchedule,
+    zone: ZoneInfo,
+    pivot: datetime,
+    forward: bool,
+    count: int,
+    bound: datetime | None,
+    shift: timedelta,
+) -> list[datetime]:
+    """:func:`_instants`, looking ``shift`` beyond the wall times it keeps."""
     local = _wall(pivot, zone)
-    start = local - _DST_SHIFT if forward else local + _DST_SHIFT
+    # croniter's walk starts after (before) its start: going back, include the pivot itself
+    start = local - shift if forward else local + shift + timedelta(seconds=1)
     walk = croniter(
         schedule.expression,
         start,
@@ -348,15 +369,31 @@ def _instants(
             if (instant > pivot) if forward else (instant <= pivot):
                 found.append(instant)
         found.sort(reverse=not forward)
-        if bound is not None and not forward and wall < _wall(bound, zone) - _DST_SHIFT:
+        if bound is not None and not forward and wall < _wall(bound, zone) - shift:
             break
         if len(found) >= count:
             edge = _wall(found[count - 1], zone)
-            if (wall - edge if forward else edge - wall) > _DST_SHIFT:
+            if (wall - edge if forward else edge - wall) >= shift:
                 break
     if bound is not None:
         found = [instant for instant in found if instant > bound]
     return found[:count]
+
+
+def _offset_changes(zone: ZoneInfo, low: datetime, high: datetime) -> bool:
+    """Whether ``zone``'s UTC offset may change within :data:`_DST_SHIFT` of [low, high].
+
+    Sampled hourly; spans over 31 days are taken to change.
+    """
+    if high - low > timedelta(days=31):
+        return True
+    moment, end = low - _DST_SHIFT, high + _DST_SHIFT
+    offset = moment.astimezone(zone).utcoffset()
+    while moment < end:
+        moment = min(moment + timedelta(hours=1), end)
+        if moment.astimezone(zone).utcoffset() != offset:
+            return True
+    return False
 
 
 def _wall(instant: datetime, zone: ZoneInfo) -> datetime:

@@ -195,3 +195,15 @@ def test_fire_times_before_are_the_newest_within_the_window_oldest_first() -> No
         count=5,
     )
     assert local(got, "Europe/Berlin") == ["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00"]
+
+
+def test_ticks_within_a_repeated_hour_come_in_time_order_even_from_far_away() -> None:
+    quarter_hours = cron("0,15,30,45 2 25 10 *", "Europe/Berlin")
+    got = next_fire_times(quarter_hours, datetime(2026, 1, 1, tzinfo=UTC), 5)
+    assert local(got, "Europe/Berlin") == [
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T02:15:00+02:00",
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:45:00+02:00",
+        "2026-10-25T02:00:00+01:00",
+    ]

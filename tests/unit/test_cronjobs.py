@@ -85,7 +85,8 @@ def test_manifest_fields() -> None:
 
 
 def test_disabled_trigger_is_suspended_and_no_deadline_is_null() -> None:
-    spec = desired_cronjob(target(enabled=False, starting_deadline_seconds=None), Settings())["spec"]
+    disabled = target(enabled=False, starting_deadline_seconds=None)
+    spec = desired_cronjob(disabled, Settings())["spec"]
     assert spec["suspend"] is True
     assert spec["startingDeadlineSeconds"] is None
     assert "serviceAccountName" not in spec["jobTemplate"]["spec"]["template"]["spec"]

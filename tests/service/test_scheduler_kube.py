@@ -85,14 +85,18 @@ def test_targets_become_cronjobs_that_change_suspend_and_vanish(
     assert jobs[cronjob_name(b)]["spec"]["startingDeadlineSeconds"] == 60
 
     a2 = replace(a, schedule="*/5 * * * *", version=2)
-    b2 = replace(b, enabled=False, starting_deadline_seconds=None, version=2)
+    b2 = replace(b, enabled=False, version=2)
     summary = reconcile(client, manifests([a2, b2]), NAMESPACE, backoff=no_wait())
     assert (summary.patched, summary.unchanged, summary.writes) == (2, 0, 2)
     jobs = cluster.cronjobs(NAMESPACE)
     assert jobs[cronjob_name(a)]["spec"]["schedule"] == "*/5 * * * *"
     assert jobs[cronjob_name(a)]["metadata"]["annotations"]["autostep.io/trigger-version"] == "2"
     assert jobs[cronjob_name(b)]["spec"]["suspend"] is True
-    assert "startingDeadlineSeconds" not in jobs[cronjob_name(b)]["spec"]
+
+    b3 = replace(b2, starting_deadline_seconds=None)  # the deadline alone goes
+    summary = reconcile(client, manifests([a2, b3]), NAMESPACE, backoff=no_wait())
+    assert (summary.patched, summary.unchanged) == (1, 1)
+    assert "startingDeadlineSeconds" not in cluster.cronjobs(NAMESPACE)[cronjob_name(b)]["spec"]
 
     summary = reconcile(client, manifests([a2]), NAMESPACE, backoff=no_wait())
     assert (summary.deleted, summary.unchanged, summary.writes) == (1, 1, 1)

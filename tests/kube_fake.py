@@ -9,7 +9,10 @@ the scheduler's guarantees are tested against:
   ``resourceVersion``, ``creationTimestamp``, pod and container defaults,
   ``status``), so a comparison of whole objects would see differences;
 - ``unavailable``: the next N requests are answered 503, as by an API
-  server that is restarting.
+  server that is restarting;
+- no request log: kmock keeps every request for assertions and matches each
+  new one against them all, so a request would cost more than the one before
+  (the tests count calls in the client instead).
 
 kmock ignores label selectors (every CronJob of the namespace is listed) and
 answers PUT and server-side apply with 404: the scheduler never uses them.
@@ -100,6 +103,9 @@ class FakeCluster(kmock.KubernetesEmulator):
     defaults: bool = True
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        # kmock matches each request against views over every request it has
+        # served: forget the earlier ones, or each request costs more than the last.
+        del self._requests[:-1]
         if self.unavailable > 0 and request.resource is not None:
             self.unavailable -= 1
             return aiohttp.web.json_response(

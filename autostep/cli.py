@@ -5,7 +5,8 @@ MODULE``, ``autostep gateway run`` (REST) and ``autostep gateway rpc`` (nameko
 RPC) start the long-running processes;
 ``autostep project create|list``, ``autostep workflow publish|list``,
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
-against the database;
+against the database; ``autostep trigger ...`` manages triggers and
+``autostep fire`` fires a cron trigger's tick (:mod:`autostep.trigger_commands`);
 ``autostep dev`` starts a whole local platform with a demo workflow;
 ``autostep watch`` prints live events from the gateway's websocket.
 It is the one module allowed to import the service packages.
@@ -23,6 +24,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
+
+from autostep import trigger_commands
 
 __all__ = ["main"]
 
@@ -114,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="serve the REST API on AUTOSTEP_HTTP_HOST:AUTOSTEP_HTTP_PORT (127.0.0.1:8080)"
     )
     gw_run.set_defaults(handler=_gateway_run)
-    gw_rpc = gw.add_parser("rpc", help="serve the workflows and conditions nameko RPC services")
+    gw_rpc = gw.add_parser(
+        "rpc", help="serve the workflows, conditions and triggers nameko RPC services"
+    )
     gw_rpc.set_defaults(handler=_gateway_rpc)
 
     project = sub.add_parser("project", help="projects").add_subparsers(metavar="ACTION")
@@ -179,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(handler=_watch)
 
+    trigger_commands.add_parsers(sub)
+
     dev = sub.add_parser("dev", help="run relay, functions and gateway locally, plus a demo")
     dev.add_argument("--no-demo", action="store_true", help="do not start the demo run")
     dev.set_defaults(handler=_dev)
@@ -241,9 +248,10 @@ def _gateway_run(args: argparse.Namespace) -> int:
 
 def _gateway_rpc(args: argparse.Namespace) -> int:
     def services() -> list[type]:
+        from autostep.gateway.triggers import TriggersService
         from autostep.gateway.workflows import ConditionsService, WorkflowsService
 
-        return [WorkflowsService, ConditionsService]
+        return [WorkflowsService, ConditionsService, TriggersService]
 
     return _serve("gateway", services)
 

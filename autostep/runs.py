@@ -10,10 +10,12 @@ Every function here runs inside the caller's transaction and writes, with the
 rows it changes, the outbox rows that announce them: step messages for the
 next processes and ``job.updated`` / ``process.updated`` events.
 
-**Lock order: the workflow row, then the job row, then its process rows**
-(a process, then its fan-out parent). Starting or rerunning a run
-share-locks its workflow row first (so archiving waits for it and then sees
-it); every other function below takes the job's lock as its first lock. No
+**Lock order: the trigger row, then the workflow row, then the job row, then
+its process rows** (a process, then its fan-out parent). A cron tick
+(:func:`autostep.firing.fire_tick`) locks its trigger first. Starting or
+rerunning a run share-locks its workflow row first (so archiving waits for it
+and then sees it); every other function below takes the job's lock as its
+first lock. No
 transaction locks a process row without holding its job's lock, so the
 transactions of one job run one after another: they cannot deadlock, and
 their outbox ``seq`` follows commit order. Keep it that way.
@@ -81,8 +83,12 @@ def start_job(
     *,
     trigger: str = "api",
     version: int | None = None,
+    trigger_id: uuid.UUID | None = None,
 ) -> Job:
     """Start a run of ``workflow`` (its latest version unless ``version``).
+
+    ``trigger`` says what started it (``api``, ``cli``, ``cron``, ...);
+    ``trigger_id`` names the trigger row when one did (:mod:`autostep.firing`).
 
     :class:`ConflictError` for an archived workflow; the workflow row is
     share-locked until commit, so archiving waits and then sees this run.
@@ -96,7 +102,7 @@ def start_job(
             raise NotFoundError(f"workflow {workflow!r} has no version {version}")
         row = match[0]
     compiled = load_version(session, row.id)
-    job, out = _new_job(session, wf.id, compiled.id, trigger, input)
+    job, out = _new_job(session, wf.id, compiled.id, trigger, input, trigger_id=trigger_id)
     _enter_step(session, out, job, compiled, compiled.step(compiled.start_step), prev=None)
     out.flush()
     return job
@@ -314,6 +320,7 @@ def _new_job(
     input: dict[str, Any],
     *,
     rerun_of: uuid.UUID | None = None,
+    trigger_id: uuid.UUID | None = None,
 ) -> tuple[Job, OutboxWriter]:
     """Insert a running job, announce it, and return it with its outbox writer."""
     job = Job(
@@ -322,6 +329,7 @@ def _new_job(
         version_id=version_id,
         status=JobStatus.RUNNING,
         trigger=trigger,
+        trigger_id=trigger_id,
         input=input,
         rerun_of=rerun_of,
         steps=0,

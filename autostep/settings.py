@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     #: HTTP gateway: the address ``autostep gateway run`` listens on.
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    #: The gateway's URL as callers reach it: webhook examples show it.
+    gateway_url: str = Field(
+        default_factory=lambda data: f"http://{data['http_host']}:{data['http_port']}"
+    )
     #: Gateway websocket: frames a connection may have waiting to be sent; one more closes it.
     live_send_buffer: int = 1000
     #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.

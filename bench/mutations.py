@@ -53,6 +53,9 @@ CRASH = "tests/e2e/test_crash.py"
 JOB_CONTROL = "tests/service/test_job_control.py"
 RUNNER_FAULTS = "tests/service/test_runner_faults.py"
 SCHEDULER_KUBE = "tests/service/test_scheduler_kube.py"
+TRIGGERS = "tests/service/test_triggers.py"
+FIRING = "tests/service/test_firing.py"
+CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
 
 MUTATIONS = (
     Mutation(
@@ -391,6 +394,98 @@ MUTATIONS = (
         "    if want is None:\n        return have is None\n",
         "    if want is None:\n        return True\n",
         (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "tick-fired-again",
+        "a cron tick starts at most one run, however often it is fired",
+        "autostep/firing.py",
+        "outcome=TickOutcome.SKIPPED)\n        .on_conflict_do_nothing()\n",
+        "outcome=TickOutcome.SKIPPED)\n"
+        "        .on_conflict_do_update(\n"
+        "            index_elements=['trigger_id', 'scheduled_at'], set_={'outcome': 'skipped'}\n"
+        "        )\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "tick-without-trigger-lock",
+        "the ticks of one trigger are handled one at a time (forbid holds under races)",
+        "autostep/triggers.py",
+        "    trigger = session.get(Trigger, key, with_for_update=lock, populate_existing=lock)\n",
+        "    trigger = session.get(Trigger, key, populate_existing=lock)\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "deadline-ignored",
+        "a tick later than its starting deadline starts no run",
+        "autostep/firing.py",
+        "    if deadline is not None and late > deadline:\n",
+        "    if deadline is not None and late > deadline * 100:\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "forbid-ignored",
+        "concurrency forbid: no tick starts while a run of the trigger runs",
+        "autostep/firing.py",
+        '    if config.concurrency == "forbid" and _running_jobs(session, trigger.id):\n',
+        '    if config.concurrency == "forbid" and False:\n',
+        (FIRING,),
+    ),
+    Mutation(
+        "replace-without-cancel",
+        "concurrency replace: the running run is cancelled before the new one starts",
+        "autostep/firing.py",
+        "                    for running in _running_jobs(session, trigger.id):\n",
+        "                    for running in []:\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "catch-up-oldest",
+        "catch-up all fires the newest missed ticks, at most catch_up_limit",
+        "autostep/firing.py",
+        "        fire, reason = missed[-limit:], BEYOND_LIMIT\n",
+        "        fire, reason = missed[:limit], BEYOND_LIMIT\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "catch-up-before-active",
+        "ticks before a trigger was created or enabled are never caught up",
+        "autostep/firing.py",
+        "    start = max(last_tick, since) if last_tick is not None else since\n",
+        "    start = max(last_tick, since) if last_tick is not None else since - timedelta(1)\n",
+        (FIRING,),
+    ),
+    Mutation(
+        "disabled-trigger-fires",
+        "a disabled trigger starts nothing",
+        "autostep/firing.py",
+        "    if not trigger.enabled:\n        return TickResult(",
+        "    if False:\n        return TickResult(",
+        (FIRING,),
+    ),
+    Mutation(
+        "template-checked-late",
+        "a bad trigger is refused before anything is written",
+        "autostep/triggers.py",
+        "    _check_template(kind, input_template)\n    found = get_workflow",
+        "    found = get_workflow",
+        (TRIGGERS,),
+    ),
+    Mutation(
+        "trigger-change-unannounced",
+        "every write of a trigger puts trigger.changed with a higher version into the outbox",
+        "autostep/triggers.py",
+        "    trigger.version += 1\n    trigger.updated_at = _now(session)\n    session.flush()\n"
+        "    _announce(session, trigger)\n",
+        "    trigger.updated_at = _now(session)\n    session.flush()\n",
+        (TRIGGERS,),
+    ),
+    Mutation(
+        "token-not-checked",
+        "a webhook is started only with its current token",
+        "autostep/triggers.py",
+        "    return hmac.compare_digest(_hash(token), trigger.token_hash)\n",
+        "    return True\n",
+        (TRIGGERS,),
     ),
 )
 

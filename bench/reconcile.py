@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autostep.scheduler.cronjobs import MANAGED_SELECTOR, CronTarget, desired_cronjob  # noqa: E402
-from autostep.scheduler.kube import KubeClient  # noqa: E402
-from autostep.scheduler.reconcile import Summary, reconcile  # noqa: E402
-from autostep.settings import Settings  # noqa: E402
-from tests.kube_fake import FakeApiServer  # noqa: E402
+from autostep.scheduler.cronjobs import MANAGED_SELECTOR, CronTarget, desired_cronjob
+from autostep.scheduler.kube import KubeClient
+from autostep.scheduler.reconcile import Summary, reconcile
+from autostep.settings import Settings
+from tests.kube_fake import FakeApiServer
 
 NAMESPACE = "bench"
 CHANGES = 100

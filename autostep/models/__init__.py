@@ -1,4 +1,4 @@
-"""The autostep schema, one module per service: catalog, runs, messaging, registry."""
+"""The autostep schema, one module per service: catalog, runs, messaging, registry, triggers."""
 
 from autostep.models.base import Base
 from autostep.models.catalog import (
@@ -19,6 +19,7 @@ from autostep.models.runs import (
     ProcessKind,
     ProcessStatus,
 )
+from autostep.models.triggers import TickOutcome, Trigger, TriggerTick
 
 __all__ = [
     "Base",
@@ -33,7 +34,10 @@ __all__ = [
     "ProcessStatus",
     "Project",
     "Step",
+    "TickOutcome",
     "Transition",
+    "Trigger",
+    "TriggerTick",
     "Workflow",
     "WorkflowDraft",
     "WorkflowVersion",

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from autostep.models.base import Base, created_at_column, new_id
@@ -63,7 +63,15 @@ class Job(Base):
     """One run of a workflow version."""
 
     __tablename__ = "job"
-    __table_args__ = (Index("ix_job_workflow_created", "workflow_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_job_workflow_created", "workflow_id", "created_at"),
+        # the running jobs of a trigger: its concurrency policy reads them on every tick
+        Index(
+            "ix_job_trigger_running",
+            "trigger_id",
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     workflow_id: Mapped[uuid.UUID]
@@ -71,6 +79,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.RUNNING)
     #: What started the job: "api", "cli", "rpc", "cron", "webhook", ...
     trigger: Mapped[str] = mapped_column(String(50), default="api")
+    #: The trigger that started the job, if a trigger did (by id only, like the catalog).
+    trigger_id: Mapped[uuid.UUID | None]
     input: Mapped[dict[str, Any]]
     output: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)

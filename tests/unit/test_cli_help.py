@@ -25,6 +25,10 @@ COMMANDS = [
     ["run"],
     ["run", "start"],
     ["run", "status"],
+    ["trigger"],
+    ["trigger", "create"],
+    ["trigger", "update"],
+    ["fire"],
     ["dev"],
 ]
 

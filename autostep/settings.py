@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     scheduler_backend: str = "kubernetes"
     #: Scheduler: seconds between two full resyncs of the cron triggers.
     scheduler_resync_seconds: float = 60.0
+    #: Scheduler: the Kubernetes API's URL; empty: in-cluster, else ``KUBECONFIG``.
+    scheduler_kube_host: str = ""
     #: Scheduler: the namespace its CronJobs live in.
     scheduler_namespace: str = "default"
     #: Scheduler: the image pull policy of its CronJobs' pods.

@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from autostep.settings import Settings
 
@@ -75,7 +75,8 @@ class CronTarget:
     trigger_name: str
     schedule: str
     time_zone: str
-    concurrency: Literal["allow", "forbid", "replace"]
+    #: ``allow``, ``forbid`` or ``replace``.
+    concurrency: str
     starting_deadline_seconds: int | None
     enabled: bool
     version: int

@@ -53,6 +53,7 @@ CRASH = "tests/e2e/test_crash.py"
 JOB_CONTROL = "tests/service/test_job_control.py"
 RUNNER_FAULTS = "tests/service/test_runner_faults.py"
 SCHEDULER_KUBE = "tests/service/test_scheduler_kube.py"
+SCHEDULER_SERVICE = "tests/service/test_scheduler_service.py"
 TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
@@ -386,6 +387,14 @@ MUTATIONS = (
         '            "suspend": not target.enabled,\n',
         '            "suspend": False,\n',
         (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-deaf-to-events",
+        "a trigger written through the core reaches the cluster without waiting for a resync",
+        "autostep/scheduler/service.py",
+        "    def on_trigger_changed(self, body: Any) -> None:\n        self._sync()\n",
+        "    def on_trigger_changed(self, body: Any) -> None:\n        pass\n",
+        (SCHEDULER_SERVICE,),
     ),
     Mutation(
         "scheduler-keeps-old-deadline",

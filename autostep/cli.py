@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     gw_rpc.set_defaults(handler=_gateway_rpc)
 
+    sched = sub.add_parser("scheduler", help="the cron scheduler").add_subparsers(metavar="ACTION")
+    sched_run = sched.add_parser(
+        "run", help="keep cron triggers scheduled (AUTOSTEP_SCHEDULER_BACKEND: kubernetes)"
+    )
+    sched_run.set_defaults(handler=_scheduler_run)
+
     project = sub.add_parser("project", help="projects").add_subparsers(metavar="ACTION")
     p_create = project.add_parser("create", help="create a project")
     p_create.add_argument("name")
@@ -254,6 +260,29 @@ def _gateway_rpc(args: argparse.Namespace) -> int:
         return [WorkflowsService, ConditionsService, TriggersService]
 
     return _serve("gateway", services)
+
+
+def _scheduler_run(args: argparse.Namespace) -> int:
+    from autostep.exceptions import InvalidInput
+    from autostep.settings import get_settings
+
+    backend = get_settings().scheduler_backend
+    if backend == "kubernetes":
+
+        def services() -> list[type]:
+            from autostep.scheduler.service import SchedulerService
+
+            return [SchedulerService]
+
+        return _serve("scheduler", services)
+    if backend == "local":
+        raise InvalidInput(
+            "the local scheduler is not available yet; use kubernetes",
+            field="AUTOSTEP_SCHEDULER_BACKEND",
+        )
+    raise InvalidInput(
+        f"unknown backend {backend!r}; use kubernetes or local", field="AUTOSTEP_SCHEDULER_BACKEND"
+    )
 
 
 def _serve(label: str, services: Callable[[], list[type]]) -> int:

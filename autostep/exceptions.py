@@ -19,7 +19,8 @@
     └── InfrastructureError       the database or broker misbehaved
         ├── DatabaseUnavailable   PostgreSQL cannot be reached or dropped the connection
         ├── TransactionConflict   PostgreSQL rolled a transaction back (deadlock, serialization)
-        └── BrokerUnavailable     RabbitMQ cannot be reached or stopped confirming
+        ├── BrokerUnavailable     RabbitMQ cannot be reached or stopped confirming
+        └── ClusterUnavailable    the Kubernetes API server cannot be reached or answers 5xx/429
 
 Third-party errors are translated where they arise, with ``raise … from exc``:
 database outages by :func:`autostep.db.database_outages`, broker outages in
@@ -33,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "AutostepError",
     "BrokerUnavailable",
+    "ClusterUnavailable",
     "ConditionError",
     "ConflictError",
     "DatabaseUnavailable",
@@ -121,7 +123,7 @@ class InternalError(AutostepError):
 
 
 class InfrastructureError(AutostepError):
-    """PostgreSQL or RabbitMQ failed in a way the caller cannot fix."""
+    """PostgreSQL, RabbitMQ or the Kubernetes API failed in a way the caller cannot fix."""
 
 
 class PoisonMessage(AutostepError):
@@ -138,6 +140,14 @@ class DatabaseUnavailable(InfrastructureError):
 
 class BrokerUnavailable(InfrastructureError):
     """RabbitMQ could not be reached, or stopped confirming what was published."""
+
+
+class ClusterUnavailable(InfrastructureError):
+    """The Kubernetes API server could not be reached, timed out, or answered 5xx or 429.
+
+    The scheduler backs off and tries again; nothing it did is lost, as the
+    next reconciliation starts from what the cluster holds.
+    """
 
 
 class TransactionConflict(InfrastructureError):

@@ -77,6 +77,30 @@ class Settings(BaseSettings):
     live_send_buffer: int = 1000
     #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.
     live_ping_seconds: float = 20.0
+    #: The platform's container image; the scheduler's CronJobs run it (``AUTOSTEP_IMAGE``).
+    image: str = "autostep:latest"
+    #: Scheduler: ``kubernetes`` (CronJobs) or ``local`` (an in-process loop).
+    scheduler_backend: str = "kubernetes"
+    #: Scheduler: seconds between two full resyncs of the cron triggers.
+    scheduler_resync_seconds: float = 60.0
+    #: Scheduler: the Kubernetes API's URL; empty: in-cluster, else ``KUBECONFIG``.
+    scheduler_kube_host: str = ""
+    #: Scheduler: the namespace its CronJobs live in.
+    scheduler_namespace: str = "default"
+    #: Scheduler: the image pull policy of its CronJobs' pods.
+    scheduler_image_pull_policy: str = "IfNotPresent"
+    #: Scheduler: the service account its CronJobs' pods run as ("" = the namespace's default).
+    scheduler_service_account: str = ""
+    #: Scheduler: the Secret, and its key, that hold the database URL for ``autostep fire``.
+    scheduler_database_secret: str = "autostep-database"
+    scheduler_database_secret_key: str = "DATABASE_URL"
+    #: Scheduler: finished Jobs each CronJob keeps (successful, failed).
+    scheduler_successful_jobs_history: int = 3
+    scheduler_failed_jobs_history: int = 3
+    #: Scheduler: pods a Job may start before it counts as failed, minus one.
+    scheduler_backoff_limit: int = 2
+    #: Scheduler: seconds a finished Job (and its pods' logs) stays before Kubernetes removes it.
+    scheduler_ttl_seconds_after_finished: int = 86400
 
 
 @lru_cache(maxsize=1)

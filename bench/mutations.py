@@ -52,6 +52,8 @@ ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
 JOB_CONTROL = "tests/service/test_job_control.py"
 RUNNER_FAULTS = "tests/service/test_runner_faults.py"
+SCHEDULER_KUBE = "tests/service/test_scheduler_kube.py"
+SCHEDULER_SERVICE = "tests/service/test_scheduler_service.py"
 TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
@@ -302,6 +304,105 @@ MUTATIONS = (
         "    except amqp.exceptions.PreconditionFailed as exc:\n",
         "    except ZeroDivisionError as exc:\n",
         (RELAY,),
+    ),
+    Mutation(
+        "scheduler-trusts-label-selector",
+        "a CronJob without autostep's managed-by label is never changed nor deleted",
+        "autostep/scheduler/reconcile.py",
+        '        if _labels(item).get("app.kubernetes.io/managed-by") != MANAGED_BY:\n'
+        "            continue\n",
+        "",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-takes-foreign-name",
+        "a CronJob of another owner under a trigger's name is left alone",
+        "autostep/scheduler/reconcile.py",
+        "        if not ours or labels.get(TRIGGER_ID_LABEL)",
+        "        if False and labels.get(TRIGGER_ID_LABEL)",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-compares-whole-objects",
+        "an unchanged resync writes nothing, though the API server adds its own fields",
+        "autostep/scheduler/reconcile.py",
+        "    if isinstance(want, dict):\n"
+        "        return isinstance(have, dict) and all(",
+        "    if isinstance(want, dict):\n"
+        "        return isinstance(have, dict) and set(want) == set(have) and all(",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-reads-each-cronjob",
+        "an unchanged resync is one list call",
+        "autostep/scheduler/reconcile.py",
+        "            elif _differs(manifest, current):\n",
+        "            elif _differs(manifest, client.read(namespace, _name(current)) or {}):\n",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-always-patches",
+        "a resync, and a run after an interrupted one, write only what differs",
+        "autostep/scheduler/reconcile.py",
+        "            elif _differs(manifest, current):\n",
+        "            elif True:\n",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-keeps-deleted-triggers",
+        "the CronJob of a deleted trigger is deleted",
+        "autostep/scheduler/reconcile.py",
+        "    for item in [*actual.values(), *surplus]:\n",
+        "    for item in [*surplus]:\n",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-create-conflict-fails",
+        "a CronJob another replica created meanwhile is patched, not reported failed",
+        "autostep/scheduler/reconcile.py",
+        "        except ConflictError:\n            existing = ",
+        "        except ZeroDivisionError:\n            existing = ",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-no-backoff",
+        "an API server that is away is waited for, then the reconciliation goes on",
+        "autostep/scheduler/reconcile.py",
+        "            except ClusterUnavailable as exc:\n",
+        "            except ZeroDivisionError as exc:\n",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-unbounded-backoff",
+        "the scheduler's backoff delay is capped",
+        "autostep/scheduler/reconcile.py",
+        "                delay = min(delay * 2, self.maximum)\n",
+        "                delay = delay * 2\n",
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-ignores-enabled",
+        "a disabled trigger's CronJob is suspended",
+        "autostep/scheduler/cronjobs.py",
+        '            "suspend": not target.enabled,\n',
+        '            "suspend": False,\n',
+        (SCHEDULER_KUBE,),
+    ),
+    Mutation(
+        "scheduler-deaf-to-events",
+        "a trigger written through the core reaches the cluster without waiting for a resync",
+        "autostep/scheduler/service.py",
+        "    def on_trigger_changed(self, body: Any) -> None:\n        self._sync()\n",
+        "    def on_trigger_changed(self, body: Any) -> None:\n        pass\n",
+        (SCHEDULER_SERVICE,),
+    ),
+    Mutation(
+        "scheduler-keeps-old-deadline",
+        "a starting deadline removed from a trigger is removed from its CronJob",
+        "autostep/scheduler/reconcile.py",
+        "    if want is None:\n        return have is None\n",
+        "    if want is None:\n        return True\n",
+        (SCHEDULER_KUBE,),
     ),
     Mutation(
         "tick-fired-again",

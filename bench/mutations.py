@@ -52,6 +52,7 @@ ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
 JOB_CONTROL = "tests/service/test_job_control.py"
 RUNNER_FAULTS = "tests/service/test_runner_faults.py"
+LIVE = "tests/e2e/test_live.py"
 
 MUTATIONS = (
     Mutation(
@@ -299,6 +300,14 @@ MUTATIONS = (
         "    except amqp.exceptions.PreconditionFailed as exc:\n",
         "    except ZeroDivisionError as exc:\n",
         (RELAY,),
+    ),
+    Mutation(
+        "live-send-unbounded",
+        "a websocket client that stops reading is closed (4008) even when few events follow",
+        "gateway/live.py",
+        "self.websocket.send_text(self._frames.popleft()), self.send_timeout",
+        "self.websocket.send_text(self._frames.popleft()), None",
+        (f"{LIVE}::test_a_client_that_stops_reading_is_closed_when_few_events_follow",),
     ),
 )
 

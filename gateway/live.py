@@ -325,7 +325,7 @@ class LiveConnection:
     async def _take_snapshot(self, subscription: Subscription) -> None:
         topic = subscription.topic
         try:
-            body, versions = await self.hub.snapshot(topic, subscription.limit)
+            text, versions = await self.hub.snapshot(topic, subscription.limit)
         except AutostepError as exc:
             message = str(exc)
         except Exception:
@@ -334,7 +334,6 @@ class LiveConnection:
             message = f"snapshot failed unexpectedly; the server logged it as [{reference}]"
         else:
             if self._subscriptions.get(topic.name) is subscription:
-                text = json.dumps({"type": "snapshot", "topic": topic.name, **body})
                 subscription.snapshot_taken(text, versions)
             return
         if self._subscriptions.get(topic.name) is subscription:

@@ -10,21 +10,40 @@ function (:mod:`autostep.registry`), None otherwise.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Row
 
 from autostep.models import Job, Process, ProcessStatus
 
-__all__ = ["job_event", "process_event"]
+__all__ = ["JobFields", "job_event", "process_event"]
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_event(job: Job) -> dict[str, Any]:
+class JobFields(NamedTuple):
+    """A job's columns as a read without ORM objects gives them (:mod:`autostep.queries`)."""
+
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    version_id: uuid.UUID
+    status: str
+    trigger: str
+    rerun_of: uuid.UUID | None
+    steps: int
+    output: dict[str, Any] | None
+    error: str | None
+    version: int
+    finished_at: datetime | None
+    input: dict[str, Any]
+    created_at: datetime
+
+
+def job_event(job: Job | JobFields) -> dict[str, Any]:
     """The payload of ``job.updated``: the job as the grid shows it."""
     return {
         "id": str(job.id),
@@ -41,7 +60,7 @@ def job_event(job: Job) -> dict[str, Any]:
     }
 
 
-def process_event(process: Process | Row[Any], waiting: str | None = None) -> dict[str, Any]:
+def process_event(process: Process | Row[Any, Any], waiting: str | None = None) -> dict[str, Any]:
     """The payload of ``process.updated``; ``waiting``: why a queued process waits."""
     finished = ProcessStatus(process.status).finished
     return {

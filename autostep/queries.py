@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Connection, Row, Select, bindparam, case, func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import registry
 from autostep.catalog import find_workflow, get_project, get_workflow
-from autostep.events import job_event, process_event
+from autostep.events import JobFields, job_event, process_event
 from autostep.exceptions import InvalidInput, JobStillRunning, NotFoundError
 from autostep.models import (
+    FunctionRunner,
     Job,
     JobStatus,
     Process,
@@ -152,28 +153,84 @@ def _version_head(row: WorkflowVersion) -> dict[str, Any]:
     }
 
 
-def job_view(session: Session, job_id: uuid.UUID | str) -> dict[str, Any]:
+def job_view(session: Session | Connection, job_id: uuid.UUID | str) -> dict[str, Any]:
     """The job ``job_id`` with its input, timings and processes in creation order.
 
     Each queued process whose function has no live runner says so in
     ``waiting`` (:func:`autostep.registry.waiting_reasons`), read now.
+    One statement.
     """
-    job = session.get(Job, _job_key(job_id))
-    if job is None:
-        raise NotFoundError(f"no job {job_id}")
-    processes = session.scalars(
-        select(Process)
-        .where(Process.job_id == job.id)
-        .order_by(Process.created_at, Process.item_index)
+    job, rows = _job_with_processes(session, job_id, top_only=False)
+    return {**_job_head(job), "processes": [process_event(r, _waiting(r)) for r in rows]}
+
+
+def _job_with_processes(
+    session: Session | Connection, job_id: uuid.UUID | str, *, top_only: bool
+) -> tuple[JobFields, list[Row[Any, Any]]]:
+    """The job and its processes (top-level ones only if ``top_only``), in one statement.
+
+    Rows, not ORM objects: a read that builds no objects costs a fraction of
+    the CPU. A process row carries the database's time (``now``) and, when
+    queued, its function's last runner heartbeat (``last_seen``), so that
+    :func:`_waiting` needs no query of its own. A process's input is not
+    read: the views do not show it.
+    """
+    rows = session.execute(
+        _JOB_WITH_TOP if top_only else _JOB_WITH_ALL, {"job_id": _job_key(job_id)}
     ).all()
-    queued = {p.function for p in processes if p.status == ProcessStatus.QUEUED}
-    waiting = registry.waiting_reasons(session, queued)
-    return {
-        **job_event(job),
-        "input": job.input,
-        "created_at": job.created_at.isoformat(),
-        "processes": [process_event(p, waiting.get(p.function)) for p in processes],
+    if not rows:
+        raise NotFoundError(f"no job {job_id}")
+    job = JobFields._make(rows[0][: len(JobFields._fields)])
+    return job, [row for row in rows if row.id is not None]
+
+
+def _job_statement(*, top_only: bool) -> Select[Any, Any]:
+    joined = Process.job_id == Job.id
+    if top_only:
+        joined &= Process.parent_id.is_(None)
+    last_seen = (
+        select(func.max(FunctionRunner.heartbeat_at))
+        .where(FunctionRunner.function == Process.function)
+        .scalar_subquery()
+    )
+    order = (Process.created_at,) if top_only else (Process.created_at, Process.item_index)
+    return (
+        select(
+            *(Job.__table__.columns[name].label(f"job_{name}") for name in JobFields._fields),
+            *_SHOWN_COLUMNS,
+            func.now().label("now"),
+            case((Process.status == ProcessStatus.QUEUED, last_seen)).label("last_seen"),
+        )
+        .select_from(Job)
+        .outerjoin(Process, joined)
+        .where(Job.id == bindparam("job_id"))
+        .order_by(*order)
+    )
+
+
+#: The columns of a process that :func:`autostep.events.process_event` shows.
+_SHOWN_COLUMNS = [
+    column
+    for column in Process.__table__.columns
+    if column.key
+    in {
+        *("id", "job_id", "parent_id", "kind", "step", "function", "item_index", "status"),
+        *("attempt", "error", "output", "reused_from", "version", "started_at", "finished_at"),
     }
+]
+_JOB_WITH_ALL = _job_statement(top_only=False)
+_JOB_WITH_TOP = _job_statement(top_only=True)
+
+
+def _waiting(row: Row[Any, Any]) -> str | None:
+    """Why the queued process of ``row`` (of :func:`_job_with_processes`) waits, if it does."""
+    if row.status != ProcessStatus.QUEUED:
+        return None
+    return registry.waiting_reason_at(row.function, row.now, row.last_seen)
+
+
+def _job_head(job: JobFields) -> dict[str, Any]:
+    return {**job_event(job), "input": job.input, "created_at": job.created_at.isoformat()}
 
 
 def list_jobs(
@@ -271,35 +328,29 @@ CHILDREN_SHOWN = 50
 
 
 def job_tree(
-    session: Session, job_id: uuid.UUID | str, *, children: int = CHILDREN_SHOWN
+    session: Session | Connection, job_id: uuid.UUID | str, *, children: int = CHILDREN_SHOWN
 ) -> dict[str, Any]:
     """The job with its top-level processes; each fan-out with its first ``children`` children.
 
     Like :func:`job_view`, but a fan-out of 10,000 items costs one page of
     children: each fan-out parent carries ``children`` (``items`` in item
     order, ``total``, and ``next``, the item index to continue from with
-    :func:`process_children`, or None).
+    :func:`process_children`, or None). A job without a fan-out costs one
+    statement.
     """
-    job = session.get(Job, _job_key(job_id))
-    if job is None:
-        raise NotFoundError(f"no job {job_id}")
-    top = session.scalars(
-        select(Process)
-        .where(Process.job_id == job.id, Process.parent_id.is_(None))
-        .order_by(Process.created_at)
-    ).all()
+    job, top = _job_with_processes(session, job_id, top_only=True)
     pages = {
         p.id: _children_page(session, p.id, after=None, limit=children)
         for p in top
         if p.kind == ProcessKind.FANOUT
     }
-    shown = [*top, *(child for page in pages.values() for child in page[0])]
+    shown = (child for page in pages.values() for child in page[0])
     waiting = registry.waiting_reasons(
-        session, {p.function for p in shown if p.status == ProcessStatus.QUEUED}
+        session, {c.function for c in shown if c.status == ProcessStatus.QUEUED}
     )
     processes = []
     for process in top:
-        view = process_event(process, waiting.get(process.function))
+        view = process_event(process, _waiting(process))
         if process.id in pages:
             items, total, following = pages[process.id]
             view["children"] = {
@@ -308,12 +359,7 @@ def job_tree(
                 "next": following,
             }
         processes.append(view)
-    return {
-        **job_event(job),
-        "input": job.input,
-        "created_at": job.created_at.isoformat(),
-        "processes": processes,
-    }
+    return {**_job_head(job), "processes": processes}
 
 
 def process_children(
@@ -347,13 +393,13 @@ def process_children(
 
 
 def _children_page(
-    session: Session, parent_id: uuid.UUID, *, after: int | None, limit: int
-) -> tuple[list[Process], int, int | None]:
+    session: Session | Connection, parent_id: uuid.UUID, *, after: int | None, limit: int
+) -> tuple[list[Row[Any, Any]], int, int | None]:
     """Children of ``parent_id`` after item ``after``, how many it has, and where to go on."""
-    query = select(Process).where(Process.parent_id == parent_id)
+    query = select(*_SHOWN_COLUMNS).where(Process.parent_id == parent_id)
     if after is not None:
         query = query.where(Process.item_index > after)
-    rows = list(session.scalars(query.order_by(Process.item_index).limit(limit + 1)))
+    rows = list(session.execute(query.order_by(Process.item_index).limit(limit + 1)))
     total = session.scalar(select(func.count()).where(Process.parent_id == parent_id)) or 0
     following = rows[limit - 1].item_index if len(rows) > limit else None
     return rows[:limit], total, following

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, PydanticUserError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -56,6 +56,7 @@ __all__ = [
     "unregister",
     "unserved",
     "waiting_reason",
+    "waiting_reason_at",
     "waiting_reasons",
 ]
 
@@ -137,7 +138,7 @@ def live_functions(session: Session) -> set[str]:
     )
 
 
-def waiting_reasons(session: Session, functions: Iterable[str]) -> dict[str, str]:
+def waiting_reasons(session: Session | Connection, functions: Iterable[str]) -> dict[str, str]:
     """Why a queued step of each of ``functions`` waits, for those without a live runner.
 
     Functions with a live runner are left out. One query.
@@ -152,6 +153,15 @@ def waiting_reasons(session: Session, functions: Iterable[str]) -> dict[str, str
         if reason is not None:
             reasons[function] = reason
     return reasons
+
+
+def waiting_reason_at(function: str, now: datetime, last_seen: datetime | None) -> str | None:
+    """Why a queued step of ``function`` waits, at the database's time ``now``, or None.
+
+    ``last_seen`` is the function's newest runner heartbeat (None: never
+    seen), for readers that fetch it with their own rows.
+    """
+    return _reason(function, now, last_seen)
 
 
 def waiting_reason(session: Session, function: str) -> str | None:
@@ -265,7 +275,7 @@ def _delete_stale(session: Session) -> None:
 
 
 def _last_seen(
-    session: Session, functions: set[str] | None = None
+    session: Session | Connection, functions: set[str] | None = None
 ) -> tuple[datetime, dict[str, datetime]]:
     """The database's time now, and the last heartbeat of each function (of ``functions``)."""
     query = select(FunctionRunner.function, func.max(FunctionRunner.heartbeat_at), func.now())

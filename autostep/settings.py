@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     )
     #: Gateway websocket: frames a connection may have waiting to be sent; one more closes it.
     live_send_buffer: int = 1000
+    #: Gateway websocket: seconds one frame may take to be handed to the client's socket;
+    #: longer (the client stopped reading and the socket buffers are full) closes it.
+    live_send_timeout: float = 10.0
     #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.
     live_ping_seconds: float = 20.0
     #: The platform's container image; the scheduler's CronJobs run it (``AUTOSTEP_IMAGE``).

@@ -9,7 +9,12 @@ each, so ``jobs / step-seconds`` steps/s in all), and a load driver process
 (``bench/live_driver.py``) with ``--per-job`` clients on each job and
 ``--per-project`` on the project. Prints p50/p99 of the seconds from a
 step's ``finished_at`` (set just before its commit) to the receipt of its
-``process.updated``, over every client. A script, not a test.
+``process.updated``, over every client, in two phases: the burst (steps
+that finished while the clients subscribed and their snapshots were read)
+and the steady state (after every client had its snapshot); and the
+seconds from a subscribe to its snapshot. The baseline, measured first in
+the same run on the same flow of steps: one client on the project for
+``--baseline-seconds``. A script, not a test.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import say
-from bench.resources import bench_platform, quiet_imports
+from bench.resources import Platform, bench_platform, quiet_imports
 from bench.workload import Client
 
 
@@ -37,6 +43,35 @@ def _port() -> int:
         return port
 
 
+def _drive(
+    plat: Platform, url: str, seconds: float, topics: list[str]
+) -> dict[str, Any] | None:
+    """Run the load driver; its figures, or None (and its errors printed) if it failed."""
+    driver = subprocess.run(
+        [sys.executable, "bench/live_driver.py", url, str(seconds), *topics],
+        env=plat.env(),
+        capture_output=True,
+        text=True,
+    )
+    plat.check_alive()
+    if driver.returncode != 0:
+        say(driver.stderr[-2000:])
+        return None
+    found: dict[str, Any] = json.loads(driver.stdout)
+    return found
+
+
+def _show(label: str, seconds: list[float], note: str = "") -> None:
+    if not seconds:
+        say(f"  {label:52} no receipts")
+        return
+    ordered = sorted(seconds)
+    p50 = ordered[len(ordered) // 2] * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    figures = f"p50 {p50:6,.0f} ms, p99 {p99:6,.0f} ms ({len(ordered):,})"
+    say(f"  {label:52} {figures}{'; ' + note if note else ''}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
@@ -44,6 +79,7 @@ def main() -> int:
     parser.add_argument("--per-project", type=int, default=10)
     parser.add_argument("--step-seconds", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the driver reads")
+    parser.add_argument("--baseline-seconds", type=float, default=6.0)
     args = parser.parse_args()
     quiet_imports()
     with bench_platform() as plat:
@@ -85,28 +121,18 @@ def main() -> int:
             f"(~{args.jobs / args.step_seconds:.0f} steps/s); "
             f"{args.jobs * args.per_job + args.per_project} clients for {args.seconds:.0f} s"
         )
-        driver = subprocess.run(
-            [sys.executable, "bench/live_driver.py", url, str(args.seconds), *topics],
-            env=plat.env(),
-            capture_output=True,
-            text=True,
-        )
-        plat.check_alive()
-        if driver.returncode != 0:
-            say(driver.stderr[-2000:])
+        baseline = _drive(plat, url, args.baseline_seconds, [f"project:{project_id}:1"])
+        found = _drive(plat, url, args.seconds, topics)
+        if baseline is None or found is None:
             return 1
-        found = json.loads(driver.stdout)
-        measured = {key: sorted(found.pop(key)) for key in ("latencies", "steady")}
-        say(json.dumps(found))
-        for key, what in (("latencies", "all the run"), ("steady", "once all had subscribed")):
-            latencies = measured[key]
-            if latencies:
-                p50 = latencies[len(latencies) // 2]
-                p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-                say(
-                    f"commit to receipt, {what}, {len(latencies)} receipts: "
-                    f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p99 <= 200 ms)"
-                )
+        say(
+            f"{found['snapshots']} of {found['clients']} clients got their snapshot, "
+            f"{found['frames']:,} frames, {found['failed']} failed {found['errors']}"
+        )
+        _show("baseline: 1 client, commit to receipt", baseline["steady"] + baseline["burst"])
+        _show(f"{found['clients']} clients, subscribe to snapshot", found["snapshot_waits"])
+        _show("burst: commit to receipt while they subscribe", found["burst"])
+        _show("steady: commit to receipt", found["steady"], "target p99 <= 200 ms")
         client.close()
     return 0
 

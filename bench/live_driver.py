@@ -3,10 +3,11 @@
 ``python bench/live_driver.py URL SECONDS TOPIC:COUNT...`` opens COUNT
 connections subscribed to each TOPIC, reads every frame for SECONDS, and
 prints one JSON object: the connections that got their snapshot, the
-frames received, and for every ``process.updated`` of a succeeded step the
-seconds from its ``finished_at`` (set just before its commit) to its
-receipt (``latencies``; ``steady``: those of steps that finished after
-every client had its snapshot). It never runs under eventlet.
+frames received, the seconds from each subscribe to its snapshot
+(``snapshot_waits``), and for every ``process.updated`` of a succeeded
+step the seconds from its ``finished_at`` (set just before its commit) to
+its receipt: ``burst`` for steps that finished before every client had its
+snapshot, ``steady`` for the others. It never runs under eventlet.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from websockets.asyncio.client import connect
 async def _client(url: str, topic: str, until: float, stats: dict[str, list[float] | int]) -> None:
     async with connect(url, max_size=None, open_timeout=60) as socket:
         await socket.send(json.dumps({"op": "subscribe", "topic": topic}))
+        subscribed = time.monotonic()
         while (left := until - time.monotonic()) > 0:
             try:
                 text = await asyncio.wait_for(socket.recv(), left)
@@ -32,6 +34,7 @@ async def _client(url: str, topic: str, until: float, stats: dict[str, list[floa
             frame = json.loads(text)
             stats["frames"] += 1  # type: ignore[operator]
             if frame["type"] == "snapshot":
+                stats["snapshot_waits"].append(time.monotonic() - subscribed)  # type: ignore[union-attr]
                 stats["snapshots"] += 1  # type: ignore[operator]
                 if stats["snapshots"] == stats["clients"]:
                     stats["all_subscribed_at"] = now  # type: ignore[assignment]
@@ -39,9 +42,8 @@ async def _client(url: str, topic: str, until: float, stats: dict[str, list[floa
                 data = frame["data"]
                 if data["status"] == "succeeded" and data["finished_at"]:
                     finished = datetime.fromisoformat(data["finished_at"]).timestamp()
-                    stats["latencies"].append(now - finished)  # type: ignore[union-attr]
-                    if stats["all_subscribed_at"] and finished > stats["all_subscribed_at"]:  # type: ignore[operator]
-                        stats["steady"].append(now - finished)  # type: ignore[union-attr]
+                    settled = stats["all_subscribed_at"] and finished > stats["all_subscribed_at"]  # type: ignore[operator]
+                    stats["steady" if settled else "burst"].append(now - finished)  # type: ignore[union-attr]
 
 
 async def main(url: str, seconds: float, topics: list[tuple[str, int]]) -> None:
@@ -50,7 +52,8 @@ async def main(url: str, seconds: float, topics: list[tuple[str, int]]) -> None:
         "frames": 0,
         "snapshots": 0,
         "all_subscribed_at": 0,
-        "latencies": [],
+        "snapshot_waits": [],
+        "burst": [],
         "steady": [],
     }
     until = time.monotonic() + seconds

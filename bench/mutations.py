@@ -57,6 +57,7 @@ SCHEDULER_SERVICE = "tests/service/test_scheduler_service.py"
 TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
+LIVE = "tests/e2e/test_live.py"
 
 MUTATIONS = (
     Mutation(
@@ -495,6 +496,14 @@ MUTATIONS = (
         "    return hmac.compare_digest(_hash(token), trigger.token_hash)\n",
         "    return True\n",
         (TRIGGERS,),
+    ),
+    Mutation(
+        "live-send-unbounded",
+        "a websocket client that stops reading is closed (4008) even when few events follow",
+        "gateway/live.py",
+        "self.websocket.send_text(self._frames.popleft()), self.send_timeout",
+        "self.websocket.send_text(self._frames.popleft()), None",
+        (f"{LIVE}::test_a_client_that_stops_reading_is_closed_when_few_events_follow",),
     ),
 )
 

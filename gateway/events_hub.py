@@ -40,8 +40,9 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import catalog, queries
+from autostep import queries
 from autostep.db import make_engine, make_session_factory, unit_of_work
+from autostep.gateway.snapshots import SnapshotReader
 from autostep.settings import get_settings
 from autostep.topology import EVENTS_EXCHANGE
 
@@ -195,6 +196,7 @@ class EventsHub:
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events-hub")
         self._connection: AbstractRobustConnection | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._snapshots: SnapshotReader | None = None
         self.queue_name = (
             f"autostep.gateway.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         )
@@ -220,6 +222,7 @@ class EventsHub:
                 url = url.update_query_dict({"connect_timeout": str(DATABASE_CONNECT_TIMEOUT)})
             engine = make_engine(url=url.render_as_string(hide_password=False))
             self._factory = make_session_factory(engine)
+        self._snapshots = SnapshotReader(self._factory)
         CONNECTIONS.set_function(lambda: self.connections)
         self._consumer = asyncio.create_task(self._run(), name="events-hub")
 
@@ -258,6 +261,8 @@ class EventsHub:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
             self._consumer = None
+        if self._snapshots is not None:
+            await self._snapshots.close()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -286,37 +291,20 @@ class EventsHub:
         if subscription.topic.kind != "job":
             self._owned_topics -= 1
 
-    async def snapshot(self, topic: Topic, limit: int) -> tuple[dict[str, Any], dict[str, int]]:
-        """The snapshot of ``topic`` and the versions it holds; read in a worker thread.
+    async def snapshot(self, topic: Topic, limit: int) -> tuple[str, dict[str, int]]:
+        """The snapshot frame of ``topic`` and the versions it holds (a copy of the caller's own).
 
         ``job:``: the job's view with its processes; ``workflow:`` and
-        ``project:``: the newest ``limit`` jobs. Raises
+        ``project:``: the newest ``limit`` jobs. Read by
+        :class:`~autostep.gateway.snapshots.SnapshotReader`: bounded, and
+        shared by the subscriptions to the same topic waiting for it. Raises
         :class:`~autostep.exceptions.NotFoundError` for an unknown id.
         """
-        body, versions, owners = await asyncio.to_thread(self._read_snapshot, topic, limit)
-        for job_id, (workflow_id, project_id) in owners.items():
+        assert self._snapshots is not None, "the hub is not started"
+        found = await self._snapshots.read(topic, limit)
+        for job_id, (workflow_id, project_id) in found.owners.items():
             self._remember_owners(job_id, workflow_id, project_id)
-        return body, versions
-
-    def _read_snapshot(
-        self, topic: Topic, limit: int
-    ) -> tuple[dict[str, Any], dict[str, int], dict[str, tuple[str, str]]]:
-        assert self._factory is not None, "the hub is not started"
-        with unit_of_work(self._factory) as session:
-            if topic.kind == "job":
-                view = queries.job_view(session, topic.ident)
-                versions = {f"job:{view['id']}": view["version"]}
-                versions.update({f"process:{p['id']}": p["version"] for p in view["processes"]})
-                return {"job": view}, versions, {}
-            if topic.kind == "workflow":
-                project_id = queries.workflow_project(session, topic.ident)
-                jobs = queries.list_jobs(session, workflow_id=topic.ident, limit=limit)
-            else:
-                project_id = catalog.get_project(session, topic.ident).id
-                jobs = queries.list_jobs(session, project_id=topic.ident, limit=limit)
-        versions = {f"job:{job['id']}": job["version"] for job in jobs}
-        owners = {job["id"]: (job["workflow_id"], str(project_id)) for job in jobs}
-        return {"jobs": jobs}, versions, owners
+        return found.text, dict(found.versions)
 
     # -- routing ----------------------------------------------------------------
 

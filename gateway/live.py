@@ -24,7 +24,10 @@ the same topic again; it replaces what the client holds.
 Each connection has a bounded queue of frames to send
 (``AUTOSTEP_LIVE_SEND_BUFFER``, 1,000): a client that does not read fast
 enough to keep it from filling is closed with code :data:`SLOW_CLIENT`
-(4008); the others never wait for it.
+(4008); the others never wait for it. A client that stops reading while
+few events arrive never fills that queue, but its socket buffers fill
+and a send waits for them: a frame that cannot be handed to the socket
+within ``AUTOSTEP_LIVE_SEND_TIMEOUT`` seconds (10) closes it with 4008 too.
 
 Mount :data:`router` in the app and enter :func:`events_hub` in its lifespan.
 """
@@ -175,6 +178,7 @@ class LiveConnection:
         self.hub = hub
         self.ping_seconds = settings.live_ping_seconds
         self.send_buffer = settings.live_send_buffer
+        self.send_timeout = settings.live_send_timeout
         self._frames: deque[str] = deque()
         self._frames_waiting = asyncio.Event()
         self._subscriptions: dict[str, Subscription] = {}
@@ -194,10 +198,12 @@ class LiveConnection:
         self._frames_waiting.set()
 
     def overflow(self) -> None:
-        SLOW_CLIENTS_CLOSED.inc()
-        self._end(
-            SLOW_CLIENT, f"slow client: more than {self.send_buffer} frames waiting to be sent"
-        )
+        self._too_slow(f"more than {self.send_buffer} frames waiting to be sent")
+
+    def _too_slow(self, why: str) -> None:
+        if not self._ended.is_set():
+            SLOW_CLIENTS_CLOSED.inc()
+        self._end(SLOW_CLIENT, f"slow client: {why}")
 
     async def run(self) -> None:
         """Serve the connection until the client leaves or is closed."""
@@ -240,7 +246,15 @@ class LiveConnection:
             while not self._frames:
                 self._frames_waiting.clear()
                 await self._frames_waiting.wait()
-            await self.websocket.send_text(self._frames.popleft())
+            try:
+                # a client that stops reading fills its socket buffers, and the send
+                # waits for room: without a bound it would wait forever
+                await asyncio.wait_for(
+                    self.websocket.send_text(self._frames.popleft()), self.send_timeout
+                )
+            except TimeoutError:
+                self._too_slow(f"a frame waited more than {self.send_timeout:g} s to be sent")
+                return
             self._last_sent = time.monotonic()
 
     async def _ping(self) -> None:
@@ -311,7 +325,7 @@ class LiveConnection:
     async def _take_snapshot(self, subscription: Subscription) -> None:
         topic = subscription.topic
         try:
-            body, versions = await self.hub.snapshot(topic, subscription.limit)
+            text, versions = await self.hub.snapshot(topic, subscription.limit)
         except AutostepError as exc:
             message = str(exc)
         except Exception:
@@ -320,7 +334,6 @@ class LiveConnection:
             message = f"snapshot failed unexpectedly; the server logged it as [{reference}]"
         else:
             if self._subscriptions.get(topic.name) is subscription:
-                text = json.dumps({"type": "snapshot", "topic": topic.name, **body})
                 subscription.snapshot_taken(text, versions)
             return
         if self._subscriptions.get(topic.name) is subscription:

@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = make_session_factory(engine)
+    app.state.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
     for module in (projects, workflows, drafts, jobs, functions):
         app.include_router(module.router)
     app.include_router(live.router)

@@ -1,9 +1,14 @@
 """Dependencies of the HTTP endpoints: the database sessions, from the app's state.
 
-Each endpoint opens one unit of work (:func:`autostep.db.unit_of_work`)
-with the factory it is given and calls the core inside it, so a request
-commits everything it wrote or nothing. The commit happens before the
-answer is sent: an answer never reports a write that did not commit.
+Each endpoint that writes opens one unit of work
+(:func:`autostep.db.unit_of_work`) with the factory it is given and calls
+the core inside it, so a request commits everything it wrote or nothing.
+The commit happens before the answer is sent: an answer never reports a
+write that did not commit. Hot reads take :data:`ReadDatabase` instead:
+an engine whose connections autocommit, so a read sends no ``BEGIN`` and
+``COMMIT`` around its statements (PostgreSQL gives each statement its own
+snapshot either way, as in a read-committed transaction), and the core
+reads rows on the connection without a session (:func:`autostep.queries.job_tree`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "database"]
+__all__ = ["Database", "ReadDatabase", "database", "read_database"]
 
 
 def database(request: Request) -> sessionmaker[Session]:
@@ -24,3 +30,13 @@ def database(request: Request) -> sessionmaker[Session]:
 
 #: An endpoint parameter holding the session factory.
 Database = Annotated[sessionmaker[Session], Depends(database)]
+
+
+def read_database(request: Request) -> Engine:
+    """The app's engine for reads: autocommit, no transaction around statements."""
+    engine: Engine = request.app.state.reads
+    return engine
+
+
+#: An endpoint parameter holding the engine for reads.
+ReadDatabase = Annotated[Engine, Depends(read_database)]

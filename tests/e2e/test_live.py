@@ -395,6 +395,43 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
     assert _metrics(url)["autostep_ws_slow_clients_closed_total"] == 1
 
 
+def test_a_client_that_stops_reading_is_closed_when_few_events_follow(
+    relay_process: ManagedProcess,
+    runner_process: ManagedProcess,
+    gateway: Callable[..., tuple[ManagedProcess, str]],
+    watcher: Callable[..., Watcher],
+    session_factory: Any,
+    project_id: uuid.UUID,
+) -> None:
+    publish(session_factory, str(project_id), ECHO)
+    server, url = gateway("gateway", AUTOSTEP_LIVE_SEND_TIMEOUT="2")
+    fast = watcher(url, "project", project_id)
+    slow = watcher(url, "project", project_id)
+    for each in (fast, slow):
+        each.wait_snapshot()
+    slow.popen.send_signal(signal.SIGSTOP)
+    try:
+        # about 10 MB of frames that do not compress: more than the sockets between the
+        # gateway and the stopped client hold, far fewer frames than its send buffer (1,000)
+        jobs = [
+            start(session_factory, str(project_id), "echo", {"pad": token_urlsafe(190_000)})
+            for _ in range(20)
+        ]
+        for job_id in jobs:
+            fast.wait_for(f"the end of job {job_id}", _finished(job_id))
+        # no event follows: only the send that waits on the full socket can close it
+        deadline = time.monotonic() + WAIT
+        while "closed with 4008" not in server.output():
+            assert time.monotonic() < deadline, f"the client was not closed:\n{server.tail()}"
+            time.sleep(0.1)
+    finally:
+        slow.popen.send_signal(signal.SIGCONT)
+    assert slow.popen.wait(WAIT) == 1
+    assert "the gateway closed the connection: 4008 slow client" in slow.err.read_text()
+    assert fast.popen.poll() is None  # still connected
+    assert _metrics(url)["autostep_ws_slow_clients_closed_total"] == 1
+
+
 def _exchange(url: str, env: dict[str, str], count: int, *frames: str) -> list[dict[str, Any]]:
     """Send ``frames`` to the gateway at ``url``; the ``count`` frames that come back."""
     done = subprocess.run(

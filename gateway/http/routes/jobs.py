@@ -20,7 +20,7 @@ from pydantic import AwareDatetime
 
 from autostep import catalog, idempotency, queries, runs
 from autostep.db import unit_of_work
-from autostep.gateway.http.deps import Database
+from autostep.gateway.http.deps import Database, ReadDatabase
 from autostep.gateway.http.problems import problem_responses
 from autostep.gateway.http.schemas import (
     ChildrenPage,
@@ -33,6 +33,9 @@ from autostep.gateway.http.schemas import (
 __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"])
+
+#: The media type of answers serialized here.
+JSON = "application/json"
 
 #: What started a job that the REST gateway started.
 TRIGGER = "api"
@@ -125,11 +128,13 @@ def list_jobs(
         )
 
 
-@router.get("/jobs/{job_id}", responses=problem_responses(404, 422))
-def get_job(job_id: uuid.UUID, db: Database) -> JobDetail:
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=problem_responses(404, 422))
+def get_job(job_id: uuid.UUID, db: ReadDatabase) -> Response:
     """The job with its processes; a fan-out with its first children."""
-    with unit_of_work(db) as session:
-        return JobDetail.model_validate(queries.job_tree(session, job_id))
+    with db.connect() as connection:
+        view = queries.job_tree(connection, job_id)
+    # checked against the model once and serialized by it, not checked again by FastAPI
+    return Response(JobDetail.model_validate(view).model_dump_json(), media_type=JSON)
 
 
 @router.get("/jobs/{job_id}/processes/{process_id}/children", responses=problem_responses(404, 422))

@@ -7,8 +7,11 @@
     │   ├── RetryableError        try again after ``delay`` (or the backoff)
     │   └── PermanentError        fail the process now, no more attempts
     ├── InvalidInput              a caller sent a bad value (a name, a payload, a limit)
-    │   └── DefinitionError       a workflow definition is invalid
-    │       └── ConditionError    a CEL expression does not compile or uses unknown variables
+    │   ├── DefinitionError       a workflow definition is invalid
+    │   │   └── ConditionError    a CEL expression does not compile or uses unknown variables
+    │   ├── MalformedBody         a request body that is not JSON
+    │   └── PayloadTooLarge       a request body over its limit
+    ├── Unauthenticated           a caller did not prove who it is (a missing or wrong token)
     ├── NotFoundError             a project, workflow, version, job or module is missing
     ├── ConflictError             the thing exists already / wrong state
     │   ├── StaleAttempt          a step message was overtaken by another attempt
@@ -43,7 +46,9 @@ __all__ = [
     "InternalError",
     "InvalidInput",
     "JobStillRunning",
+    "MalformedBody",
     "NotFoundError",
+    "PayloadTooLarge",
     "PermanentError",
     "PoisonMessage",
     "PreconditionFailed",
@@ -51,6 +56,7 @@ __all__ = [
     "StaleAttempt",
     "StepError",
     "TransactionConflict",
+    "Unauthenticated",
 ]
 
 
@@ -93,6 +99,22 @@ class DefinitionError(InvalidInput):
 
 class ConditionError(DefinitionError):
     """A CEL expression failed to compile, or names a variable that does not exist there."""
+
+
+class MalformedBody(InvalidInput):
+    """A request body that does not parse as JSON."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body larger than the limit that applies to it."""
+
+
+class Unauthenticated(AutostepError):
+    """A caller sent no credentials, or wrong ones, for something that needs them.
+
+    The message never says which: a missing token, a wrong one and an
+    unknown webhook all read the same.
+    """
 
 
 class NotFoundError(AutostepError):

@@ -39,7 +39,7 @@ import enum
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -62,6 +62,7 @@ __all__ = [
     "MAX_RECORDED_SKIPS",
     "SKIP_GRACE",
     "FireOutcome",
+    "Started",
     "TickPlan",
     "TickResult",
     "due_ticks",
@@ -70,6 +71,7 @@ __all__ = [
     "plan_ticks",
     "start_from_trigger",
     "start_manual",
+    "start_run",
 ]
 
 #: With ``catch_up: skip``, a tick this old or newer still fires.
@@ -113,6 +115,14 @@ class TickResult:
         if self.job_id:
             what += f", job {self.job_id}"
         return f"{what} ({self.reason})" if self.reason else what
+
+
+class Started(NamedTuple):
+    """The job a trigger started, or the one its ``Idempotency-Key`` started before."""
+
+    job: Job
+    #: The key was seen before: this is its earlier job, and none was started now.
+    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -228,6 +238,18 @@ def start_from_trigger(
     idempotency_key: str | None = None,
     scheduled_at: datetime | None = None,
 ) -> Job:
+    """Start a run of the trigger's workflow: :func:`start_run`'s job."""
+    del scheduled_at  # the tick row, written by fire_tick, records it
+    return start_run(session, trigger_id, variables, idempotency_key=idempotency_key).job
+
+
+def start_run(
+    session: Session,
+    trigger_id: uuid.UUID | str,
+    variables: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+) -> Started:
     """Start a run of the trigger's workflow with the input its template makes of ``variables``.
 
     ``variables`` are what the kind provides (cron: ``scheduled_time``,
@@ -237,10 +259,10 @@ def start_from_trigger(
     a webhook, the preset updated with ``input`` for manual.
     :class:`ConflictError` for a disabled trigger or an archived workflow;
     :class:`InvalidInput` naming ``input_template`` when the template fails,
-    ``Idempotency-Key`` when the key came with other variables.
-    ``scheduled_at`` only documents the tick (the caller records it).
+    ``Idempotency-Key`` when the key came with other variables. A webhook's
+    ``headers`` are left out of that comparison: they differ between
+    deliveries of one request (dates, tracing ids), the body does not.
     """
-    del scheduled_at  # the tick row, written by fire_tick, records it
     trigger = get_trigger(session, trigger_id)
     if not trigger.enabled:
         raise ConflictError(f"trigger {trigger.name!r} is disabled")
@@ -249,13 +271,14 @@ def start_from_trigger(
         variables.setdefault("input", {})
         variables["preset"] = trigger.config.get("input", {})
     if idempotency_key is not None:
-        request = idempotency.fingerprint({"trigger": str(trigger.id), "variables": variables})
+        compared = {name: value for name, value in variables.items() if name != "headers"}
+        request = idempotency.fingerprint({"trigger": str(trigger.id), "variables": compared})
         earlier = idempotency.claim(session, trigger.workflow_id, idempotency_key, request)
         if earlier is not None:
             job = session.get(Job, earlier)
             if job is None:
                 raise NotFoundError(f"no job {earlier}")
-            return job
+            return Started(job, replayed=True)
     job = runs.start_job(
         session,
         trigger.project_id,
@@ -266,7 +289,7 @@ def start_from_trigger(
     )
     if idempotency_key is not None:
         idempotency.record(session, trigger.workflow_id, idempotency_key, job.id)
-    return job
+    return Started(job, replayed=False)
 
 
 def start_manual(
@@ -275,7 +298,7 @@ def start_manual(
     input: dict[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
-) -> Job:
+) -> Started:
     """Start a run from a manual trigger: its preset updated with ``input``.
 
     :class:`ConflictError` for a trigger of another kind (they start on
@@ -286,9 +309,7 @@ def start_manual(
         raise ConflictError(
             f"trigger {trigger.name!r} is a {trigger.kind} trigger; only manual ones start by hand"
         )
-    return start_from_trigger(
-        session, trigger.id, {"input": input or {}}, idempotency_key=idempotency_key
-    )
+    return start_run(session, trigger.id, {"input": input or {}}, idempotency_key=idempotency_key)
 
 
 def _input(trigger: Trigger, variables: dict[str, Any]) -> Any:

@@ -58,6 +58,7 @@ TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
 LIVE = "tests/e2e/test_live.py"
+HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 
 MUTATIONS = (
     Mutation(
@@ -504,6 +505,49 @@ MUTATIONS = (
         "self.websocket.send_text(self._frames.popleft()), self.send_timeout",
         "self.websocket.send_text(self._frames.popleft()), None",
         (f"{LIVE}::test_a_client_that_stops_reading_is_closed_when_few_events_follow",),
+    ),
+    Mutation(
+        "webhook-token-skipped",
+        "a webhook call starts a run only with the trigger's current token",
+        "autostep/webhooks.py",
+        '    if trigger.kind != "webhook" or not triggers.check_token(trigger, token):\n',
+        '    if trigger.kind != "webhook":\n',
+        (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "webhook-unknown-id-found-out",
+        "a webhook call without the token cannot tell which trigger ids exist",
+        "autostep/webhooks.py",
+        "    except NotFoundError:\n        raise Unauthenticated(REFUSED) from None\n",
+        "    except NotFoundError:\n        raise\n",
+        (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "webhook-idempotency-skipped",
+        "a repeated Idempotency-Key on a webhook starts one job, even sent six times at once",
+        "autostep/webhooks.py",
+        "    return firing.start_run(session, trigger.id, variables, "
+        "idempotency_key=idempotency_key)\n",
+        "    return firing.start_run(session, trigger.id, variables)\n",
+        (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "webhook-stores-before-checking",
+        "a refused webhook call stores nothing",
+        "autostep/webhooks.py",
+        '    limit = trigger.config.get("max_body_bytes")\n',
+        '    firing.start_run(session, trigger.id, {"body": {}, "headers": {}})\n'
+        "    session.commit()\n"
+        '    limit = trigger.config.get("max_body_bytes")\n',
+        (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "union-tag-in-field-name",
+        "a bad trigger over REST names the field as sent (config.schedule, not cron.config...)",
+        "gateway/http/problems.py",
+        "            path = _without_union_tags(path, exc.body, error)\n",
+        "",
+        (HTTP_TRIGGERS,),
     ),
 )
 

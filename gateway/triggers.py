@@ -108,5 +108,7 @@ class TriggersService:
     ) -> dict[str, Any]:
         """Start a run from a manual trigger: its preset updated with ``input``."""
         with unit_of_work(self.db) as session:
-            job = firing.start_manual(session, trigger_id, input, idempotency_key=idempotency_key)
-            return job_event(job)
+            started = firing.start_manual(
+                session, trigger_id, input, idempotency_key=idempotency_key
+            )
+            return job_event(started.job)

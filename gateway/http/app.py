@@ -42,7 +42,15 @@ from autostep.gateway.http.problems import (
     problem_response,
     problem_responses,
 )
-from autostep.gateway.http.routes import drafts, functions, jobs, projects, workflows
+from autostep.gateway.http.routes import (
+    drafts,
+    functions,
+    hooks,
+    jobs,
+    projects,
+    triggers,
+    workflows,
+)
 from autostep.gateway.live import events_hub
 from autostep.settings import Settings, amqp_params, get_settings
 
@@ -53,8 +61,10 @@ PROBE_TIMEOUT = 2.0
 
 DESCRIPTION = """\
 Projects, workflows and their versions, the function registry, CEL
-conditions, and jobs: start, list, follow, cancel and rerun. Errors are
-RFC 9457 problem details (`application/problem+json`)."""
+conditions, jobs (start, list, follow, cancel and rerun), and triggers:
+cron schedules, webhooks (`POST /hooks/{id}` with the `X-Autostep-Token`
+header) and manual starts. Errors are RFC 9457 problem details
+(`application/problem+json`)."""
 
 
 class Health(BaseModel):
@@ -91,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = make_session_factory(engine)
     app.state.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
-    for module in (projects, workflows, drafts, jobs, functions):
+    for module in (projects, workflows, drafts, jobs, functions, triggers, hooks):
         app.include_router(module.router)
     app.include_router(live.router)
     app.include_router(metrics.router)

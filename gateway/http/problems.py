@@ -4,7 +4,10 @@ Every error the HTTP gateway answers is an ``application/problem+json``
 body (:class:`Problem`): ``type``, ``title``, ``status``, ``detail``, the
 request path as ``instance``, and ``errors`` naming each bad field with where
 it was (``path``, ``query``, ``body``). :data:`PROBLEMS` maps the core's
-exception tree to HTTP statuses in one place; FastAPI's validation errors
+exception tree to HTTP statuses in one place, each with its problem type
+``urn:autostep:problem:<kind>`` (``unauthenticated`` is a webhook call
+without its trigger's token: 401, the same for a wrong token and an unknown
+trigger); FastAPI's validation errors
 become 422 (400 for a body that is not JSON); a database that does not
 answer (or a connection pool that stays exhausted) becomes 503 with
 ``Retry-After``; anything unexpected becomes a
@@ -34,8 +37,11 @@ from autostep.exceptions import (
     DefinitionError,
     InfrastructureError,
     InvalidInput,
+    MalformedBody,
     NotFoundError,
+    PayloadTooLarge,
     PreconditionFailed,
+    Unauthenticated,
 )
 from autostep.validation import NAME_PATTERN, NAME_RULE, field_path
 
@@ -54,10 +60,13 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 #: The core's exceptions as (HTTP status, problem type): the most specific class wins.
 PROBLEMS: dict[type[Exception], tuple[int, str]] = {
+    Unauthenticated: (401, "unauthenticated"),
     NotFoundError: (404, "not-found"),
     ConflictError: (409, "conflict"),
     PreconditionFailed: (412, "precondition-failed"),
     InvalidInput: (422, "invalid-input"),
+    MalformedBody: (400, "malformed-body"),
+    PayloadTooLarge: (413, "payload-too-large"),
     DefinitionError: (422, "invalid-definition"),
     InfrastructureError: (503, "unavailable"),
 }
@@ -156,6 +165,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for error in exc.errors():
         location, *path = error["loc"] or ("body",)
+        if location == "body":
+            path = _without_union_tags(path, exc.body, error)
         if error["type"] == "json_invalid":
             detail = f"the body is not valid JSON: {error.get('ctx', {}).get('error', '')}"
             _log.info("%s %s: 400 %s", request.method, request.url.path, detail)
@@ -168,6 +179,31 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     _log.info("%s %s: 422 %s", request.method, request.url.path, detail)
     return problem_response(request.url.path, 422, "invalid-input", detail, errors=errors)
+
+
+def _without_union_tags(path: list[Any], body: Any, error: Any) -> list[Any]:
+    """``path`` without the tags of discriminated unions (``kind``'s value) pydantic puts in.
+
+    ``("cron", "config", "schedule")`` becomes ``("config", "schedule")``; an
+    error about the tag itself names the discriminator (``kind``).
+    """
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return [*path, error["ctx"]["discriminator"].strip("'")]
+    kept: list[Any] = []
+    value = body
+    tagged = None  # the object whose tag was dropped: one tag per object
+    for part in path:
+        if isinstance(value, dict) and isinstance(part, str):
+            if tagged is not value and part not in value and part in value.values():
+                tagged = value
+                continue  # the tag pydantic chose the union's member by
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            value = None
+        kept.append(part)
+    return kept
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,24 +11,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autostep.trigger_kinds import CronConfig, ManualConfig, WebhookConfig
 from autostep.validation import Description, Name, VersionNumber
 
 __all__ = [
     "ChildrenPage",
     "ConditionTest",
     "ConditionVerdict",
+    "CronTriggerIn",
     "DraftOut",
     "DraftPublished",
     "FunctionOut",
+    "HookAccepted",
     "JobDetail",
     "JobListed",
     "JobOut",
     "JobPage",
     "JobStart",
+    "ManualFire",
+    "ManualTriggerIn",
     "ProcessOut",
     "ProjectIn",
     "ProjectOut",
@@ -36,9 +41,18 @@ __all__ = [
     "Published",
     "StepOut",
     "StepPosition",
+    "TickOut",
+    "TokenOut",
     "TransitionOut",
+    "TriggerCreated",
+    "TriggerDetail",
+    "TriggerIn",
+    "TriggerOut",
+    "TriggerPage",
+    "TriggerPatch",
     "VersionDetail",
     "VersionOut",
+    "WebhookTriggerIn",
     "WorkflowDetail",
     "WorkflowOut",
 ]
@@ -236,6 +250,124 @@ class JobPage(BaseModel):
 class JobDetail(JobOut):
     input: dict[str, Any]
     processes: list[ProcessOut] = Field(description="Top-level processes in creation order.")
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+_TEMPLATE = Field(
+    default=None,
+    max_length=10_000,
+    description="A CEL expression that makes the run's input from the kind's variables; "
+    "null: the natural payload (cron `{}`, webhook the body, manual the preset).",
+)
+
+
+class _TriggerInBase(_Body):
+    workflow_id: uuid.UUID = Field(description="The workflow the trigger starts runs of.")
+    name: Name
+    input_template: str | None = _TEMPLATE
+    enabled: bool = True
+
+
+class CronTriggerIn(_TriggerInBase):
+    """Runs on a schedule (the Kubernetes CronJob grammar) in a time zone."""
+
+    kind: Literal["cron"]
+    config: CronConfig
+
+
+class WebhookTriggerIn(_TriggerInBase):
+    """Runs when `POST /hooks/{id}` is called with the trigger's token."""
+
+    kind: Literal["webhook"]
+    config: WebhookConfig = Field(default_factory=WebhookConfig)
+
+
+class ManualTriggerIn(_TriggerInBase):
+    """Runs on demand (`POST /triggers/{id}/fire`) with a preset input."""
+
+    kind: Literal["manual"]
+    config: ManualConfig = Field(default_factory=ManualConfig)
+
+
+#: A new trigger, one model per kind (each registered kind has one here).
+TriggerIn = Annotated[
+    CronTriggerIn | WebhookTriggerIn | ManualTriggerIn, Field(discriminator="kind")
+]
+
+
+class TriggerPatch(_Body):
+    """What to change; fields left out stay as they are."""
+
+    name: Name | None = None
+    config: dict[str, Any] | None = Field(
+        default=None, description="Replaces the whole config; checked for the trigger's kind."
+    )
+    input_template: str | None = Field(
+        default=None, max_length=10_000, description="null clears it (the natural payload)."
+    )
+    enabled: bool | None = None
+
+
+class TriggerOut(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    workflow_id: uuid.UUID
+    name: str
+    kind: str
+    enabled: bool
+    config: dict[str, Any] = Field(description="The kind's config, defaults filled in.")
+    input_template: str | None
+    version: int = Field(description="Grows by one on every change.")
+    path: str | None = Field(
+        default=None, description="A webhook's URL path on the gateway, `/hooks/{id}`."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class TriggerPage(BaseModel):
+    items: list[TriggerOut]
+    next: str | None = Field(description="The cursor of the next page, or null on the last.")
+
+
+class TickOut(BaseModel):
+    scheduled_at: datetime
+    outcome: Literal["started", "skipped"]
+    reason: str | None = Field(description="Why the tick started no run.")
+    job_id: uuid.UUID | None
+
+
+class TriggerDetail(TriggerOut):
+    next_fire_times: list[datetime] = Field(
+        description="An enabled cron trigger's next five ticks (UTC); empty otherwise."
+    )
+    ticks: list[TickOut] = Field(description="A cron trigger's last ten ticks, newest first.")
+
+
+class TokenOut(BaseModel):
+    """A webhook's token: shown in this answer only (only its hash is stored)."""
+
+    token: str
+    curl: str = Field(description="A ready command that calls the webhook.")
+
+
+class TriggerCreated(TriggerDetail):
+    token: str | None = Field(
+        description="A webhook's token, shown in this answer only; null for other kinds."
+    )
+    curl: str | None = Field(description="For a webhook: a ready command that calls it.")
+
+
+class ManualFire(_Body):
+    input: dict[str, Any] = Field(
+        default_factory=dict, description="Keys that override the trigger's preset input."
+    )
+
+
+class HookAccepted(BaseModel):
+    job_id: uuid.UUID
+    status_url: str = Field(description="Where the run's progress is: `/jobs/{job_id}`.")
 
 
 ProcessOut.model_rebuild()

@@ -566,7 +566,7 @@ def test_health_readiness_openapi_and_docs(
             if status.startswith("4") or status.startswith("5"):
                 assert list(response["content"]) == [PROBLEM], (path, method, status)
                 documented.add(status)
-    assert {"400", "404", "409", "413", "415", "422"} <= documented
+    assert {"400", "401", "404", "409", "413", "415", "422"} <= documented
     assert "Problem" in document["components"]["schemas"]
 
     missing = str(uuid.uuid4())
@@ -622,15 +622,25 @@ SCHEMATHESIS_CHECKS = (
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
-    api: httpx.Client, gateway: Gateway, project: dict[str, Any], tmp_path: Path
+    api: httpx.Client,
+    gateway: Gateway,
+    project: dict[str, Any],
+    session_factory: Any,
+    tmp_path: Path,
 ) -> None:
     """About 10 examples per operation, on real ids so they reach the core, not only 404s.
+
+    The webhook is called with its token, so its bodies reach the core; once
+    schemathesis rotates the token (``POST /triggers/{id}/token``) the calls
+    answer 401, which must be documented like any other answer.
 
     The workflow's run stays in flight (no runner serves ``noop`` here), so
     the project and the workflow survive the DELETEs schemathesis sends.
     """
     workflow = _create_workflow(api, project, CHAIN)["workflow"]
     job = _ok(api.post(f"/workflows/{workflow['id']}/jobs", json={"input": {"n": 3}}), 201)
+    hook = {"workflow_id": workflow["id"], "name": "hook", "kind": "webhook"}
+    trigger = _ok(api.post("/triggers", json=hook), 201)
     config = tmp_path / "schemathesis.toml"
     config.write_text(
         "[parameters]\n"
@@ -639,6 +649,9 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
         f'job_id = "{job["id"]}"\n'
         f'process_id = "{job["processes"][0]["id"]}"\n'
         'name = "fibo"\n'
+        f'trigger_id = "{trigger["id"]}"\n'
+        "[auth.openapi.WebhookToken]\n"
+        f'api_key = "{trigger["token"]}"\n'
     )
     command = [
         str(Path(sys.executable).with_name("st")),
@@ -662,3 +675,5 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
     assert found.returncode == 0, found.stdout[-6000:] + found.stderr[-2000:]
     operations = sum(len(item) for item in _ok(api.get("/openapi.json"))["paths"].values())
     assert f"{operations} selected / {operations} total" in found.stdout, found.stdout[-3000:]
+    started = "SELECT count(*) FROM job WHERE trigger_id = :t"
+    assert _scalar(session_factory, started, t=trigger["id"]) > 0  # the webhook's calls got in

@@ -13,7 +13,7 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,7 @@ from autostep.models import (
 from autostep.validation import Limit, check
 
 __all__ = [
+    "JOB_TREE_STATEMENT",
     "JobFilters",
     "decode_cursor",
     "encode_cursor",
@@ -46,6 +47,7 @@ __all__ = [
     "job_owners",
     "job_page",
     "job_tree",
+    "job_tree_from_rows",
     "job_view",
     "list_jobs",
     "list_projects",
@@ -180,6 +182,11 @@ def _job_with_processes(
     ).all()
     if not rows:
         raise NotFoundError(f"no job {job_id}")
+    return _job_and_processes(rows)
+
+
+def _job_and_processes(rows: Sequence[Any]) -> tuple[JobFields, list[Any]]:
+    """The job's fields and its process rows from rows of :func:`_job_statement`."""
     job = JobFields._make(rows[0][: len(JobFields._fields)])
     return job, [row for row in rows if row.id is not None]
 
@@ -336,7 +343,9 @@ def job_tree(
     children: each fan-out parent carries ``children`` (``items`` in item
     order, ``total``, and ``next``, the item index to continue from with
     :func:`process_children`, or None). A job without a fan-out costs one
-    statement.
+    statement (:data:`JOB_TREE_STATEMENT`, whose rows
+    :func:`job_tree_from_rows` turns into this view; the gateway runs that
+    statement on its event loop).
     """
     job, top = _job_with_processes(session, job_id, top_only=True)
     pages = {
@@ -348,6 +357,33 @@ def job_tree(
     waiting = registry.waiting_reasons(
         session, {c.function for c in shown if c.status == ProcessStatus.QUEUED}
     )
+    return _tree(job, top, pages, waiting)
+
+
+#: The one statement of :func:`job_tree` for a job without a fan-out (parameter ``job_id``).
+JOB_TREE_STATEMENT = _JOB_WITH_TOP
+
+
+def job_tree_from_rows(rows: Sequence[Any], job_id: uuid.UUID | str) -> dict[str, Any] | None:
+    """:func:`job_tree` from the rows of :data:`JOB_TREE_STATEMENT` (rows with named columns).
+
+    None when the job has a fan-out, whose children need reads of their own:
+    call :func:`job_tree` then. :class:`NotFoundError` when there is no such job.
+    """
+    if not rows:
+        raise NotFoundError(f"no job {job_id}")
+    job, top = _job_and_processes(rows)
+    if any(p.kind == ProcessKind.FANOUT for p in top):
+        return None
+    return _tree(job, top, {}, {})
+
+
+def _tree(
+    job: JobFields,
+    top: Sequence[Any],
+    pages: dict[uuid.UUID, tuple[list[Row[Any, Any]], int, int | None]],
+    waiting: dict[str, str],
+) -> dict[str, Any]:
     processes = []
     for process in top:
         view = process_event(process, _waiting(process))

@@ -12,7 +12,9 @@ and ``/readyz`` (the database and the broker answer, each within
 :data:`PROBE_TIMEOUT` seconds), ``/openapi.json`` (OpenAPI 3.1) and
 ``/docs``, whose Swagger UI comes from the ``fastapi-offline`` package,
 not from a CDN. Endpoints are synchronous and call the core as the RPC
-service does; FastAPI runs them in its thread pool. This process never
+service does; FastAPI runs them in its thread pool. The hottest read
+(``GET /jobs/{id}``) runs on the event loop instead, on a pool of async
+connections (:mod:`autostep.gateway.http.reads`). This process never
 imports eventlet or nameko (an import contract checks it).
 """
 
@@ -42,6 +44,7 @@ from autostep.gateway.http.problems import (
     problem_response,
     problem_responses,
 )
+from autostep.gateway.http.reads import AsyncReads
 from autostep.gateway.http.routes import (
     drafts,
     functions,
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway's app for ``settings`` (default: the environment's)."""
     settings = settings or get_settings()
     engine = make_engine(settings)
+    reads = AsyncReads(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,9 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # their turn in the event loop instead of holding a thread that waits
         # for a connection.
         to_thread.current_default_thread_limiter().total_tokens = 2 * settings.db_pool_size
-        async with events_hub(app):
-            yield
-        engine.dispose()
+        await reads.open()
+        try:
+            async with events_hub(app):
+                yield
+        finally:
+            await reads.close()
+            engine.dispose()
 
     app = FastAPIOffline(
         title="autostep",
@@ -101,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = make_session_factory(engine)
     app.state.reads = engine.execution_options(isolation_level="AUTOCOMMIT")
-    for module in (projects, workflows, drafts, jobs, functions, triggers, hooks):
+    app.state.async_reads = reads
+    # routes are matched in order: the jobs, read most often, first
+    for module in (jobs, projects, workflows, drafts, functions, triggers, hooks):
         app.include_router(module.router)
     app.include_router(live.router)
     app.include_router(metrics.router)

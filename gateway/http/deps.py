@@ -4,11 +4,17 @@ Each endpoint that writes opens one unit of work
 (:func:`autostep.db.unit_of_work`) with the factory it is given and calls
 the core inside it, so a request commits everything it wrote or nothing.
 The commit happens before the answer is sent: an answer never reports a
-write that did not commit. Hot reads take :data:`ReadDatabase` instead:
+write that did not commit. Reads take :data:`ReadDatabase` instead:
 an engine whose connections autocommit, so a read sends no ``BEGIN`` and
 ``COMMIT`` around its statements (PostgreSQL gives each statement its own
 snapshot either way, as in a read-committed transaction), and the core
 reads rows on the connection without a session (:func:`autostep.queries.job_tree`).
+The hottest reads run on the event loop with :func:`async_reads`
+(:mod:`autostep.gateway.http.reads`).
+
+The dependencies are ``async``, although they only read the app's state:
+FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+per request and dependency.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "ReadDatabase", "database", "read_database"]
+from autostep.gateway.http.reads import AsyncReads
+
+__all__ = ["Database", "ReadDatabase", "async_reads", "database", "read_database"]
 
 
-def database(request: Request) -> sessionmaker[Session]:
+async def database(request: Request) -> sessionmaker[Session]:
     """The app's session factory (made by :func:`autostep.gateway.http.app.create_app`)."""
     factory: sessionmaker[Session] = request.app.state.sessions
     return factory
@@ -32,7 +40,7 @@ def database(request: Request) -> sessionmaker[Session]:
 Database = Annotated[sessionmaker[Session], Depends(database)]
 
 
-def read_database(request: Request) -> Engine:
+async def read_database(request: Request) -> Engine:
     """The app's engine for reads: autocommit, no transaction around statements."""
     engine: Engine = request.app.state.reads
     return engine
@@ -40,3 +48,9 @@ def read_database(request: Request) -> Engine:
 
 #: An endpoint parameter holding the engine for reads.
 ReadDatabase = Annotated[Engine, Depends(read_database)]
+
+
+def async_reads(request: Request) -> AsyncReads:
+    """The app's pool for reads on the event loop (called directly: no dependency to solve)."""
+    reads: AsyncReads = request.app.state.async_reads
+    return reads

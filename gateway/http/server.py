@@ -1,8 +1,9 @@
 """``autostep gateway run``: serves the HTTP gateway on uvicorn until stopped.
 
-Plain asyncio (no uvloop), on ``AUTOSTEP_HTTP_HOST``:``AUTOSTEP_HTTP_PORT``
-(127.0.0.1:8080 by default). SIGTERM and Ctrl-C stop it gracefully: uvicorn
-finishes the requests in flight.
+Plain asyncio (no uvloop), httptools parsing HTTP, on
+``AUTOSTEP_HTTP_HOST``:``AUTOSTEP_HTTP_PORT`` (127.0.0.1:8080 by default).
+SIGTERM and Ctrl-C stop it gracefully: uvicorn finishes the requests in
+flight.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def serve(settings: Settings | None = None) -> None:
         host=settings.http_host,
         port=settings.http_port,
         loop="asyncio",
+        http="httptools",
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

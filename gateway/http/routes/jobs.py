@@ -13,14 +13,16 @@ with the job it started, and starts none.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
+from sqlalchemy import Engine
 
 from autostep import catalog, idempotency, queries, runs
 from autostep.db import unit_of_work
-from autostep.gateway.http.deps import Database, ReadDatabase
+from autostep.gateway.http.deps import Database, async_reads, read_database
 from autostep.gateway.http.problems import problem_responses
 from autostep.gateway.http.schemas import (
     ChildrenPage,
@@ -129,12 +131,18 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=problem_responses(404, 422))
-def get_job(job_id: uuid.UUID, db: ReadDatabase) -> Response:
+async def get_job(job_id: uuid.UUID, request: Request) -> Response:
     """The job with its processes; a fan-out with its first children."""
-    with db.connect() as connection:
-        view = queries.job_tree(connection, job_id)
+    view = await async_reads(request).job_tree(job_id)  # one statement on the event loop
+    if view is None:  # a fan-out: its children's pages are further reads
+        view = await run_in_threadpool(_job_tree, await read_database(request), job_id)
     # checked against the model once and serialized by it, not checked again by FastAPI
     return Response(JobDetail.model_validate(view).model_dump_json(), media_type=JSON)
+
+
+def _job_tree(db: Engine, job_id: uuid.UUID) -> dict[str, Any]:
+    with db.connect() as connection:
+        return queries.job_tree(connection, job_id)
 
 
 @router.get("/jobs/{job_id}/processes/{process_id}/children", responses=problem_responses(404, 422))

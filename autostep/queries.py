@@ -206,7 +206,7 @@ def _job_statement(*, top_only: bool) -> Select[Any, Any]:
             *(Job.__table__.columns[name].label(f"job_{name}") for name in JobFields._fields),
             *_SHOWN_COLUMNS,
             func.now().label("now"),
-            case((Process.status == ProcessStatus.QUEUED, last_seen)).label("last_seen"),
+            case((Process.status == ProcessStatus.QUEUED.value, last_seen)).label("last_seen"),
         )
         .select_from(Job)
         .outerjoin(Process, joined)

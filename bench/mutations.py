@@ -58,6 +58,7 @@ TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
 LIVE = "tests/e2e/test_live.py"
+HTTP = "tests/e2e/test_http.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 
 MUTATIONS = (
@@ -497,6 +498,14 @@ MUTATIONS = (
         "    return hmac.compare_digest(_hash(token), trigger.token_hash)\n",
         "    return True\n",
         (TRIGGERS,),
+    ),
+    Mutation(
+        "async-read-outage-500",
+        "a read on the gateway's event loop answers 503 while the database is down",
+        "autostep/db.py",
+        "    psycopg.OperationalError,\n    psycopg.InterfaceError,\n)",
+        "    psycopg.InterfaceError,\n)",
+        (f"{HTTP}::test_health_readiness_openapi_and_docs",),
     ),
     Mutation(
         "live-send-unbounded",

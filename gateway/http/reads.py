@@ -17,7 +17,6 @@ psycopg ``OperationalError``, which ``PoolTimeout`` is) until it is back.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from typing import Any
 
@@ -42,12 +41,8 @@ class CompiledRead:
     def __init__(self, statement: Select[Any]) -> None:
         compiled = statement.compile(dialect=psycopg_dialect.dialect())
         self.sql = str(compiled)
-        # literals of the statement (a status it compares with), as psycopg sends them:
-        # an enum member by its value, which is what the column holds
-        self.fixed = {
-            name: value.value if isinstance(value, enum.Enum) else value
-            for name, value in compiled.params.items()
-        }
+        #: the statement's own literals (a status it compares with)
+        self.fixed = dict(compiled.params)
 
     def params(self, **values: Any) -> dict[str, Any]:
         return {**self.fixed, **values}

@@ -30,7 +30,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from autostep import queries
 from autostep.db import unit_of_work
+from autostep.gateway.http.schemas import JobDetail
 from tests.e2e.conftest import REPO_ROOT, Gateway, ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -292,6 +294,7 @@ def test_a_run_started_over_rest_finishes_and_jobs_list_page_by_page(
     project: dict[str, Any],
     relay_process: ManagedProcess,
     runner_process: ManagedProcess,
+    session_factory: Any,
 ) -> None:
     workflow = _create_workflow(api, project, CHAIN)["workflow"]
     started = _ok(api.post(f"/workflows/{workflow['id']}/jobs", json={"input": {"n": 10}}), 201)
@@ -307,6 +310,11 @@ def test_a_run_started_over_rest_finishes_and_jobs_list_page_by_page(
         ("first", "succeeded"),
         ("second", "succeeded"),
     ]
+    # the gateway reads a job on its event loop with the core's statement: it answers
+    # exactly what the core's own read (the RPC service's and the CLI's) gives
+    with unit_of_work(session_factory) as session:
+        core = JobDetail.model_validate(queries.job_tree(session, job["id"]))
+    assert job == json.loads(core.model_dump_json())
 
     more = [
         _ok(api.post(f"/workflows/{workflow['id']}/jobs", json={"input": {"n": i}}), 201)["id"]
@@ -537,6 +545,14 @@ def test_served_and_unserved_functions(
     assert {c["waiting"] for c in children} == {"no runner serves 't_nobody'"}
     _ok(api.post(f"/jobs/{job['id']}/cancel"))
 
+    # a job without a fan-out is read on the gateway's event loop: the same `waiting`
+    alone = {"name": "alone", "steps": [{"name": "only", "function": "t_nobody"}]}
+    workflow = _create_workflow(api, project, alone)["workflow"]
+    single = _ok(api.post(f"/workflows/{workflow['id']}/jobs", json={"input": {}}), 201)
+    (only,) = _ok(api.get(f"/jobs/{single['id']}"))["processes"]
+    assert (only["status"], only["waiting"]) == ("queued", "no runner serves 't_nobody'")
+    _ok(api.post(f"/jobs/{single['id']}/cancel"))
+
 
 # -- operations and the documents ----------------------------------------------------------
 
@@ -551,6 +567,13 @@ def test_health_readiness_openapi_and_docs(
     problem = _problem(httpx.get(f"{blind.url}/readyz", timeout=10), 503)
     assert problem["detail"] == "not reachable: broker"
     assert httpx.get(f"{blind.url}/healthz", timeout=10).status_code == 200
+    # without its database, a read on the event loop answers 503 too, not 500
+    dark = start_gateway(
+        "dark-gateway",
+        AUTOSTEP_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none",
+    )
+    problem = _problem(httpx.get(f"{dark.url}/jobs/{uuid.uuid4()}", timeout=30), 503)
+    assert problem["detail"] == "the database is unavailable; try again shortly", problem
 
     document = _ok(api.get("/openapi.json"))
     assert document["openapi"].startswith("3.1")

@@ -58,6 +58,8 @@ TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
 LIVE = "tests/e2e/test_live.py"
+HEALTH = "tests/e2e/test_health.py"
+CHART = "tests/unit/test_chart.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 
 MUTATIONS = (
@@ -548,6 +550,30 @@ MUTATIONS = (
         "            path = _without_union_tags(path, exc.body, error)\n",
         "",
         (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "relay-loop-never-beats",
+        "a running relay passes autostep health",
+        "autostep/relay.py",
+        "            health.beat(\"relay\", self.settings.health_dir)\n            self.tend_broker()\n",
+        "            self.tend_broker()\n",
+        (HEALTH,),
+    ),
+    Mutation(
+        "runtime-never-beats",
+        "a running gateway RPC process passes autostep health",
+        "autostep/nameko_runtime.py",
+        "        health.beat(component)\n",
+        "        pass\n",
+        (HEALTH,),
+    ),
+    Mutation(
+        "health-ignores-age",
+        "a frozen worker fails autostep health after --max-age",
+        "autostep/health.py",
+        "        if age is None or age > max_age\n",
+        "        if age is None\n",
+        (HEALTH,),
     ),
 )
 

@@ -555,7 +555,8 @@ MUTATIONS = (
         "relay-loop-never-beats",
         "a running relay passes autostep health",
         "autostep/relay.py",
-        "            health.beat(\"relay\", self.settings.health_dir)\n            self.tend_broker()\n",
+        "            health.beat(\"relay\", self.settings.health_dir)\n"
+        "            self.tend_broker()\n",
         "            self.tend_broker()\n",
         (HEALTH,),
     ),

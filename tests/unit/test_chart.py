@@ -117,12 +117,15 @@ def test_scenarios_cover_every_template() -> None:
     }  # fmt: skip
 
 
-def test_values_typo_is_rejected_naming_the_key() -> None:
-    values = values_of("default-values.yaml") | {"gateway": {"replicaz": 2}}
+@pytest.mark.parametrize(
+    ("typo", "key"), [({"gateway": {"replicaz": 2}}, "replicaz"), ({"relpay": {}}, "relpay")]
+)
+def test_values_typo_is_rejected_naming_the_key(typo: dict[str, Any], key: str) -> None:
+    values = values_of("default-values.yaml") | typo
     with helm.Chart.load(CHART) as chart:
-        with pytest.raises(helm.HelmError, match="replicaz"):
+        with pytest.raises(helm.HelmError, match=key):
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
-        with pytest.raises(helm.HelmValuesError, match="replicaz"):
+        with pytest.raises(helm.HelmValuesError, match=key):
             chart.validate_schema(values)
 
 

@@ -2,7 +2,8 @@
 
 ``autostep db upgrade`` migrates; ``autostep relay``, ``autostep functions run
 MODULE``, ``autostep gateway run`` (REST) and ``autostep gateway rpc`` (nameko
-RPC) start the long-running processes;
+RPC) start the long-running processes, and ``autostep health`` is the liveness
+probe of those without HTTP;
 ``autostep project create|list``, ``autostep workflow publish|list``,
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
 against the database; ``autostep trigger ...`` manages triggers and
@@ -190,6 +191,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(handler=_watch)
 
+    health = sub.add_parser(
+        "health",
+        help="a worker's liveness probe: exit 0 if its heartbeat file is fresh, else 1",
+    )
+    health.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help="relay, functions, gateway-rpc or scheduler (default: every file in the directory)",
+    )
+    health.add_argument(
+        "--max-age",
+        type=float,
+        default=60.0,
+        help="seconds a heartbeat may be old (default %(default)s)",
+    )
+    health.set_defaults(handler=_health)
+
     trigger_commands.add_parsers(sub)
 
     dev = sub.add_parser("dev", help="run relay, functions and gateway locally, plus a demo")
@@ -225,6 +244,14 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from autostep.health import check
+
+    verdict = check(args.components, max_age=args.max_age)
+    print(verdict.message, file=sys.stdout if verdict.healthy else sys.stderr)
+    return 0 if verdict.healthy else 1
+
+
 def _functions_run(args: argparse.Namespace) -> int:
     def services() -> list[type]:
         from autostep.exceptions import NotFoundError
@@ -241,7 +268,7 @@ def _functions_run(args: argparse.Namespace) -> int:
                 raise SystemExit(2) from exc
         return found
 
-    return _serve("functions", services)
+    return _serve("functions", services, component="functions")
 
 
 def _gateway_run(args: argparse.Namespace) -> int:
@@ -259,7 +286,7 @@ def _gateway_rpc(args: argparse.Namespace) -> int:
 
         return [WorkflowsService, ConditionsService, TriggersService]
 
-    return _serve("gateway", services)
+    return _serve("gateway", services, component="gateway-rpc")
 
 
 def _scheduler_run(args: argparse.Namespace) -> int:
@@ -274,7 +301,7 @@ def _scheduler_run(args: argparse.Namespace) -> int:
 
             return [SchedulerService]
 
-        return _serve("scheduler", services)
+        return _serve("scheduler", services, component="scheduler")
     if backend == "local":
         raise InvalidInput(
             "the local scheduler is not available yet; use kubernetes",
@@ -285,7 +312,7 @@ def _scheduler_run(args: argparse.Namespace) -> int:
     )
 
 
-def _serve(label: str, services: Callable[[], list[type]]) -> int:
+def _serve(label: str, services: Callable[[], list[type]], *, component: str) -> int:
     """Run the nameko services that ``services`` imports, in this process, until stopped.
 
     eventlet patches the process first, before ``services`` imports anything
@@ -299,7 +326,7 @@ def _serve(label: str, services: Callable[[], list[type]]) -> int:
     from autostep.nameko_runtime import run_services
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(message)s")
-    run_services(services())
+    run_services(services(), component=component)
     return 0
 
 

@@ -11,7 +11,8 @@ rows commit together.
 registry (:mod:`autostep.registry`) while its container runs. Every function
 service of a process shares one :class:`RunnerPresence`: one runner id, one
 heartbeat greenlet refreshing all its rows every
-``registry_heartbeat_seconds``.
+``registry_heartbeat_seconds`` and touching the ``functions`` heartbeat file
+that ``autostep health`` checks (:mod:`autostep.health`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import registry
+from autostep import health, registry
 from autostep.db import (
     DATABASE_OUTAGES,
     make_session_factory,
@@ -117,6 +118,7 @@ class RunnerPresence:
         interval = get_settings().registry_heartbeat_seconds
         while stopping.wait(timeout=interval) is None:
             self.beat()
+            health.beat("functions")
 
     def _write(self, what: str, work: Any) -> bool:
         assert self.factory is not None

@@ -3,7 +3,8 @@
 What ``nameko run`` does, for ``autostep functions run`` and
 ``autostep gateway run``: eventlet must already be monkey-patched (the CLI
 does it first thing), then psycopg is made cooperative, nameko's config is
-filled from :class:`Settings`, and the services run until SIGTERM or SIGINT.
+filled from :class:`Settings`, and the services run until SIGTERM or SIGINT,
+touching their heartbeat file for ``autostep health`` (:mod:`autostep.health`).
 :func:`log_expected_errors_in_one_line` keeps nameko from logging a
 traceback for errors that are the caller's (a missing job, a bad name).
 
@@ -26,6 +27,7 @@ from eventlet.queue import LightQueue
 from nameko import config
 from nameko.runners import ServiceRunner
 
+from autostep import health
 from autostep.cooperative import make_psycopg_cooperative
 from autostep.exceptions import ConflictError, InternalError, InvalidInput, NotFoundError
 from autostep.settings import get_settings
@@ -90,8 +92,19 @@ def configure_from_environment() -> None:
     log_expected_errors_in_one_line()
 
 
-def run_services(services: list[type], on_started: Callable[[], None] | None = None) -> None:
-    """Serve ``services`` until the process is told to stop."""
+def run_services(
+    services: list[type],
+    on_started: Callable[[], None] | None = None,
+    *,
+    component: str | None = None,
+) -> None:
+    """Serve ``services`` until the process is told to stop.
+
+    With ``component``, a greenlet touches its heartbeat file
+    (:func:`autostep.health.beat`) every ``health_beat_seconds`` while the
+    process runs, so ``autostep health COMPONENT`` fails once its event loop
+    is stuck.
+    """
     make_psycopg_cooperative()
     log_expected_errors_in_one_line()
     config.update(nameko_config())
@@ -120,12 +133,20 @@ def run_services(services: list[type], on_started: Callable[[], None] | None = N
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    if component is not None:
+        eventlet.spawn_n(_beat_forever, component, get_settings().health_beat_seconds)
     eventlet.spawn_n(start)
     if progress.get() == "stopped":
         return
     if on_started is not None:
         on_started()
     runner.wait()
+
+
+def _beat_forever(component: str, interval: float) -> None:
+    while True:
+        health.beat(component)
+        eventlet.sleep(interval)
 
 
 def stop_within(runner: ServiceRunner, seconds: float) -> None:

@@ -65,7 +65,7 @@ import amqp
 import psycopg
 from psycopg.rows import dict_row
 
-from autostep import inbox
+from autostep import health, inbox
 from autostep.exceptions import BrokerUnavailable, DatabaseUnavailable, InfrastructureError
 from autostep.outbox import SHARDS
 from autostep.settings import Settings, amqp_params, get_settings, libpq_dsn
@@ -244,6 +244,8 @@ class Relay:
                     )
                 outage = (outage[0] if outage else time.monotonic(), reason)
                 pause = random.uniform(delay / 2, delay)
+                # Alive while it waits for the servers: a restart would not bring them back.
+                health.beat("relay", self.settings.health_dir)
                 self.stopping.wait(pause)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             finally:
@@ -251,6 +253,7 @@ class Relay:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            health.beat("relay", self.settings.health_dir)
             self.tend_broker()
             if time.monotonic() - self._rebalanced_at > self.settings.relay_rebalance_seconds:
                 self.rebalance()

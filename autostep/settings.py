@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     live_send_timeout: float = 10.0
     #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.
     live_ping_seconds: float = 20.0
+    #: Where long-running processes touch their heartbeat files (``autostep health`` reads them).
+    health_dir: str = "/tmp/autostep-health"
+    #: Seconds between two heartbeats of a nameko process (runners, gateway RPC, scheduler).
+    health_beat_seconds: float = 5.0
     #: The platform's container image; the scheduler's CronJobs run it (``AUTOSTEP_IMAGE``).
     image: str = "autostep:latest"
     #: Scheduler: ``kubernetes`` (CronJobs) or ``local`` (an in-process loop).
@@ -92,6 +96,8 @@ class Settings(BaseSettings):
     scheduler_namespace: str = "default"
     #: Scheduler: the image pull policy of its CronJobs' pods.
     scheduler_image_pull_policy: str = "IfNotPresent"
+    #: Scheduler: Secrets its CronJobs' pods pull the image with, comma-separated ("" = none).
+    scheduler_image_pull_secrets: str = ""
     #: Scheduler: the service account its CronJobs' pods run as ("" = the namespace's default).
     scheduler_service_account: str = ""
     #: Scheduler: the Secret, and its key, that hold the database URL for ``autostep fire``.

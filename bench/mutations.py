@@ -59,6 +59,9 @@ FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
 LIVE = "tests/e2e/test_live.py"
 HTTP = "tests/e2e/test_http.py"
+HEALTH = "tests/e2e/test_health.py"
+CHART = "tests/unit/test_chart.py"
+LOCK = "tests/unit/test_lock.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 
 MUTATIONS = (
@@ -557,6 +560,79 @@ MUTATIONS = (
         "            path = _without_union_tags(path, exc.body, error)\n",
         "",
         (HTTP_TRIGGERS,),
+    ),
+    Mutation(
+        "relay-loop-never-beats",
+        "a running relay passes autostep health",
+        "autostep/relay.py",
+        "            health.beat(\"relay\", self.settings.health_dir)\n"
+        "            self.tend_broker()\n",
+        "            self.tend_broker()\n",
+        (HEALTH,),
+    ),
+    Mutation(
+        "runtime-never-beats",
+        "a running gateway RPC process passes autostep health",
+        "autostep/nameko_runtime.py",
+        "        health.beat(component)\n",
+        "        pass\n",
+        (HEALTH,),
+    ),
+    Mutation(
+        "health-ignores-age",
+        "a frozen worker fails autostep health after --max-age",
+        "autostep/health.py",
+        "        if age is None or age > max_age\n",
+        "        if age is None\n",
+        (HEALTH,),
+    ),
+    Mutation(
+        "role-grants-more",
+        "the chart's Role grants exactly the CronJob verbs the scheduler calls",
+        "charts/autostep/templates/scheduler/rbac.yaml",
+        "    verbs: [create, delete, get, list, patch]\n",
+        "    verbs: [create, delete, get, list, patch, update, watch]\n",
+        (CHART,),
+    ),
+    Mutation(
+        "scheduler-forgets-pull-secrets",
+        "the CronJobs carry the chart's image pull secrets",
+        "scheduler/cronjobs.py",
+        "        pod_spec[\"imagePullSecrets\"] = [{\"name\": name} for name in pull_secrets]\n",
+        "        pass\n",
+        (CHART,),
+    ),
+    Mutation(
+        "writable-root-filesystem",
+        "every pod of the chart runs with a read-only root filesystem",
+        "charts/autostep/values.yaml",
+        "  readOnlyRootFilesystem: true\n",
+        "  readOnlyRootFilesystem: false\n",
+        (CHART,),
+    ),
+    Mutation(
+        "migrations-not-a-hook",
+        "migrations run as a pre-install,pre-upgrade hook, after the Secret",
+        "charts/autostep/templates/migrations/job.yaml",
+        '    helm.sh/hook-weight: "0"\n',
+        '    helm.sh/hook-weight: "-20"\n',
+        (CHART,),
+    ),
+    Mutation(
+        "values-schema-allows-typos",
+        "a typo in values fails the install naming the key",
+        "charts/autostep/values.schema.json",
+        '  "additionalProperties": false,\n  "properties": {\n    "global"',
+        '  "properties": {\n    "global"',
+        (CHART,),
+    ),
+    Mutation(
+        "lock-goes-stale",
+        "pyproject.toml asking for what the lock does not have fails the tests",
+        "pyproject.toml",
+        '    "croniter>=6,<8",',
+        '    "croniter>=9",',
+        (LOCK,),
     ),
 )
 

@@ -149,11 +149,18 @@ def desired_cronjob(target: CronTarget, settings: Settings) -> dict[str, Any]:
     labels = _labels(target)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # ``fire`` needs no Kubernetes API access: its pods get no token.
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(target, settings)],
     }
     if settings.scheduler_service_account:
         pod_spec["serviceAccountName"] = settings.scheduler_service_account
+    pull_secrets = [
+        name.strip() for name in settings.scheduler_image_pull_secrets.split(",") if name.strip()
+    ]
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

@@ -7,6 +7,7 @@ RPC) start the long-running processes;
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
 against the database; ``autostep trigger ...`` manages triggers and
 ``autostep fire`` fires a cron trigger's tick (:mod:`autostep.trigger_commands`);
+``autostep scheduler run`` fires cron triggers locally (:mod:`autostep.scheduler.local`);
 ``autostep dev`` starts a whole local platform with a demo workflow;
 ``autostep watch`` prints live events from the gateway's websocket.
 It is the one module allowed to import the service packages.
@@ -186,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
 
     trigger_commands.add_parsers(sub)
 
+    sched = sub.add_parser("scheduler", help="the cron scheduler").add_subparsers(metavar="ACTION")
+    s_run = sched.add_parser(
+        "run", help="fire cron triggers (AUTOSTEP_SCHEDULER_BACKEND=local; runs until stopped)"
+    )
+    s_run.set_defaults(handler=_scheduler_run)
+
     dev = sub.add_parser("dev", help="run relay, functions and gateway locally, plus a demo")
     dev.add_argument("--no-demo", action="store_true", help="do not start the demo run")
     dev.set_defaults(handler=_dev)
@@ -216,6 +223,41 @@ def _relay(args: argparse.Namespace) -> int:
         relay.run()
     except KeyboardInterrupt:
         relay.stop()
+    return 0
+
+
+def _scheduler_run(args: argparse.Namespace) -> int:
+    """The scheduler on plain threads: this process is never patched by eventlet."""
+    import logging
+    import signal
+    import threading
+
+    from autostep.settings import get_settings
+
+    settings = get_settings()
+    if settings.scheduler_backend != "local":
+        _usage_error(
+            f"AUTOSTEP_SCHEDULER_BACKEND={settings.scheduler_backend!r} is not available "
+            "in this build; use local"
+        )
+    from autostep.db import make_engine, make_session_factory
+    from autostep.scheduler.clock import parse_clock
+    from autostep.scheduler.local import LocalScheduler
+
+    clock = parse_clock(settings.scheduler_clock)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    scheduler = LocalScheduler(
+        make_session_factory(make_engine(settings)),
+        settings.database_url,
+        clock,
+        poll_seconds=settings.scheduler_poll_seconds,
+        retry_seconds=settings.scheduler_retry_seconds,
+        workers=settings.scheduler_workers,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scheduler.run(stop)
     return 0
 
 

@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     live_send_buffer: int = 1000
     #: Gateway websocket: a connection sent nothing for this many seconds gets a ping frame.
     live_ping_seconds: float = 20.0
+    #: ``autostep scheduler run``: ``local`` fires cron triggers in that process.
+    scheduler_backend: str = "local"
+    #: Local scheduler: seconds between checks for changed triggers and for leadership.
+    scheduler_poll_seconds: float = 1.0
+    #: Local scheduler: seconds a replica that does not lead waits before trying again.
+    scheduler_retry_seconds: float = 3.0
+    #: Local scheduler: triggers fired at once (each tick in its own transaction).
+    scheduler_workers: int = 4
+    #: Local scheduler, tests and demos only: a simulated timeline,
+    #: ``<simulated RFC 3339 time>@<Unix time>x<speed>`` (see autostep.scheduler.clock).
+    scheduler_clock: str | None = None
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,288 @@
+"""The local scheduler: fires cron triggers in this process, without Kubernetes.
+
+``autostep scheduler run`` with ``AUTOSTEP_SCHEDULER_BACKEND=local`` runs a
+:class:`LocalScheduler` on plain threads (no nameko, no eventlet). Several
+may run at once; one leads and fires, the others wait:
+
+- **Leadership** is a PostgreSQL session advisory lock
+  (:data:`LEADER_LOCK`) taken on a connection of its own. The leader checks
+  that connection before every pass; when it is gone, so is the lock, and
+  the leader stops firing. The others try again every
+  ``AUTOSTEP_SCHEDULER_RETRY_SECONDS``. Two leaders for a moment would still
+  start one run per tick: ``trigger_tick``'s key sees to that.
+- **What fires**: the enabled cron triggers, kept in memory with a heap of
+  their next due times. Each pass first reads a fingerprint of the trigger
+  table (one cheap query: ids and versions) and reloads when it changed, so
+  a trigger created, changed, disabled or deleted is followed within
+  ``AUTOSTEP_SCHEDULER_POLL_SECONDS`` (a disabled or deleted trigger never
+  fires anyway: firing reads it under a lock).
+- **Firing**: at a trigger's due time, :func:`autostep.firing.fire_due` runs
+  in a transaction of its own with the current time as bound; it applies
+  the trigger's catch-up policy to every tick since the last one recorded in
+  ``trigger_tick`` and fires each tick it returns with
+  :func:`autostep.firing.fire_tick`. In steady state that is one tick per
+  transaction; after a downtime it is the trigger's missed ticks (at most
+  ``catch_up_limit`` fired), each keyed by its tick. A new leader, a
+  reloaded trigger and a restart start with such a pass, which is the
+  catch-up after downtime.
+- **Time** comes from a :class:`~autostep.scheduler.clock.Clock`: the real
+  one, or a simulated timeline (``AUTOSTEP_SCHEDULER_CLOCK``) for tests.
+
+One log line per tick started or skipped at INFO; when a pass handles more
+than :data:`LOG_EACH_UP_TO` ticks, one summary line instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from autostep.db import database_outages, error_summary, unit_of_work
+from autostep.exceptions import AutostepError, DatabaseUnavailable
+from autostep.firing import FireOutcome, TickResult, fire_due
+from autostep.models import Trigger
+from autostep.scheduler.clock import Clock, SystemClock
+from autostep.settings import libpq_dsn
+from autostep.trigger_kinds import CronConfig, next_fire_times
+
+__all__ = ["LEADER_LOCK", "LOG_EACH_UP_TO", "LocalScheduler"]
+
+log = logging.getLogger(__name__)
+
+#: The advisory lock the leader holds: pg_try_advisory_lock(LEADER_LOCK, 0).
+LEADER_LOCK = 0x61730003
+#: A pass handling more ticks than this logs one summary line instead of one per tick.
+LOG_EACH_UP_TO = 20
+#: Seconds to wait for PostgreSQL when connecting for leadership.
+CONNECT_TIMEOUT = 5
+_LOGGED = (FireOutcome.STARTED, FireOutcome.SKIPPED, FireOutcome.ALREADY_FIRED)
+
+
+@dataclass
+class _Entry:
+    """One enabled cron trigger as the scheduler keeps it."""
+
+    config: CronConfig
+    version: int
+    due: datetime
+
+
+class LocalScheduler:
+    """Fires due cron ticks while it holds leadership; see the module's docstring.
+
+    ``run`` loops until its stop event is set. Tests may instead call
+    :meth:`step` (one pass at the clock's time) after :meth:`try_lead`.
+    ``workers`` > 1 fires that many triggers' ticks at once, each in its
+    own transaction.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        database_url: str,
+        clock: Clock | None = None,
+        *,
+        poll_seconds: float = 1.0,
+        retry_seconds: float = 3.0,
+        workers: int = 1,
+        name: str = "scheduler",
+    ) -> None:
+        self.sessions = sessions
+        self.database_url = database_url
+        self.clock: Clock = clock or SystemClock()
+        self.poll_seconds = poll_seconds
+        self.retry_seconds = retry_seconds
+        self.name = name
+        self._pool = ThreadPoolExecutor(workers, name) if workers > 1 else None
+        self._leader: psycopg.Connection[tuple[object, ...]] | None = None
+        self._entries: dict[uuid.UUID, _Entry] = {}
+        self._heap: list[tuple[datetime, int, uuid.UUID, int]] = []
+        self._pushed = 0
+        self._fingerprint: tuple[object, ...] | None = None
+
+    # -- leadership ---------------------------------------------------------
+
+    def try_lead(self) -> bool:
+        """Whether this scheduler leads: it holds the lock now, or just took it."""
+        if self._leader is not None:
+            try:
+                self._leader.execute("SELECT 1")
+                return True
+            except psycopg.Error as exc:
+                log.warning("%s: lost leadership: %s", self.name, error_summary(exc))
+                self.resign()
+        try:
+            conn = psycopg.connect(
+                libpq_dsn(self.database_url),
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name=f"autostep {self.name}",
+            )
+        except psycopg.Error as exc:
+            log.warning("%s: cannot reach the database: %s", self.name, error_summary(exc))
+            return False
+        got = conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (LEADER_LOCK,)).fetchone()
+        if not got or not got[0]:
+            conn.close()
+            return False
+        self._leader = conn
+        # a new leader knows nothing: every trigger gets a catch-up pass
+        self._entries.clear()
+        self._heap.clear()
+        self._fingerprint = None
+        log.info("%s: leading; firing cron triggers", self.name)
+        return True
+
+    def resign(self) -> None:
+        """Give up leadership (closing the lock's connection releases the lock)."""
+        if self._leader is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._leader.close()
+            self._leader = None
+
+    @property
+    def leading(self) -> bool:
+        return self._leader is not None
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Lead (or wait to) and fire due ticks until ``stop`` is set."""
+        log.info("%s: started; waiting for leadership", self.name)
+        try:
+            while not stop.is_set():
+                if not self.try_lead():
+                    stop.wait(self.retry_seconds)
+                    continue
+                try:
+                    self.step()
+                except DatabaseUnavailable as exc:
+                    log.warning("%s: %s; stepping down", self.name, exc)
+                    self.resign()
+                    stop.wait(self.retry_seconds)
+                    continue
+                wake = self.next_due() or self.clock.now() + timedelta(days=1)
+                self.clock.sleep_until(wake, stop, self.poll_seconds)
+        finally:
+            self.resign()
+            if self._pool is not None:
+                self._pool.shutdown()
+            log.info("%s: stopped", self.name)
+
+    def step(self) -> list[TickResult]:
+        """One pass: reload the triggers if they changed, fire what is due now."""
+        self._reload()
+        now = self.clock.now()
+        due: list[uuid.UUID] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, trigger_id, version = heapq.heappop(self._heap)
+            entry = self._entries.get(trigger_id)
+            if entry is not None and entry.version == version:
+                due.append(trigger_id)
+        if self._pool is not None and len(due) > 1:
+            handled = list(self._pool.map(self._fire, due))
+        else:
+            handled = [self._fire(trigger_id) for trigger_id in due]
+        results: list[TickResult] = []
+        outage: DatabaseUnavailable | None = None
+        for trigger_id, fired, next_due in handled:
+            if isinstance(fired, DatabaseUnavailable):
+                outage = fired
+            else:
+                results.extend(fired)
+            if next_due is not None:
+                self._entries[trigger_id].due = next_due
+                self._push(trigger_id)
+        self._log(results)
+        if outage is not None:
+            raise outage
+        return results
+
+    def next_due(self) -> datetime | None:
+        """When the next trigger is due, on this scheduler's clock."""
+        return self._heap[0][0] if self._heap else None
+
+    # -- internals ----------------------------------------------------------
+
+    def _reload(self) -> None:
+        with database_outages(), unit_of_work(self.sessions) as session:
+            fingerprint = tuple(
+                session.execute(
+                    select(
+                        func.count(),
+                        func.md5(
+                            func.string_agg(
+                                func.concat(Trigger.id, ":", Trigger.version),
+                                ",",
+                            ).within_group(Trigger.id)
+                        ),
+                    ).where(Trigger.kind == "cron", Trigger.enabled)
+                ).one()
+            )
+            if fingerprint == self._fingerprint:
+                return
+            rows = session.execute(
+                select(Trigger.id, Trigger.version, Trigger.config).where(
+                    Trigger.kind == "cron", Trigger.enabled
+                )
+            ).all()
+        now = self.clock.now()
+        present = set()
+        for trigger_id, version, config in rows:
+            present.add(trigger_id)
+            entry = self._entries.get(trigger_id)
+            if entry is None or entry.version != version:
+                # new or changed: a pass now, which catches up what is due
+                self._entries[trigger_id] = _Entry(CronConfig.model_validate(config), version, now)
+                self._push(trigger_id)
+        for gone in set(self._entries) - present:
+            del self._entries[gone]
+        self._fingerprint = fingerprint
+        log.debug("%s: following %d cron triggers", self.name, len(self._entries))
+
+    def _push(self, trigger_id: uuid.UUID) -> None:
+        entry = self._entries[trigger_id]
+        self._pushed += 1
+        heapq.heappush(self._heap, (entry.due, self._pushed, trigger_id, entry.version))
+
+    def _fire(
+        self, trigger_id: uuid.UUID
+    ) -> tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, datetime | None]:
+        """Fire what is due of one trigger in a transaction of its own; when to come back.
+
+        Runs on a worker thread when ``workers`` > 1: it only reads the
+        entry, the caller updates the heap.
+        """
+        entry = self._entries[trigger_id]
+        now = self.clock.now()
+        try:
+            with database_outages(), unit_of_work(self.sessions) as session:
+                results = fire_due(session, trigger_id, until=now, now=now)
+        except DatabaseUnavailable as exc:
+            return trigger_id, exc, now
+        except AutostepError as exc:
+            log.warning("%s: trigger %s: %s; trying again", self.name, trigger_id, exc)
+            return trigger_id, [], now + timedelta(seconds=self.poll_seconds)
+        following = next_fire_times(entry.config, now, 1)
+        return trigger_id, results, following[0] if following else None
+
+    def _log(self, results: list[TickResult]) -> None:
+        shown = [result for result in results if result.outcome in _LOGGED]
+        if len(shown) <= LOG_EACH_UP_TO:
+            for result in shown:
+                log.info("%s: %s", self.name, result.describe())
+            return
+        counts = Counter(result.outcome.replace("_", " ") for result in shown)
+        summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
+        log.info("%s: %d ticks: %s", self.name, len(shown), summary)

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.db import database_outages, error_summary, unit_of_work
@@ -66,6 +67,16 @@ LEADER_LOCK = 0x61730003
 LOG_EACH_UP_TO = 20
 #: Seconds to wait for PostgreSQL when connecting for leadership.
 CONNECT_TIMEOUT = 5
+#: Changes whenever an enabled cron trigger is created, changed, disabled or deleted.
+_FINGERPRINT = select(
+    func.count(),
+    func.md5(
+        func.string_agg(
+            func.concat(Trigger.id, ":", Trigger.version),
+            aggregate_order_by(literal_column("','"), Trigger.id),
+        )
+    ),
+).where(Trigger.kind == "cron", Trigger.enabled)
 _LOGGED = (FireOutcome.STARTED, FireOutcome.SKIPPED, FireOutcome.ALREADY_FIRED)
 
 
@@ -217,19 +228,7 @@ class LocalScheduler:
 
     def _reload(self) -> None:
         with database_outages(), unit_of_work(self.sessions) as session:
-            fingerprint = tuple(
-                session.execute(
-                    select(
-                        func.count(),
-                        func.md5(
-                            func.string_agg(
-                                func.concat(Trigger.id, ":", Trigger.version),
-                                ",",
-                            ).within_group(Trigger.id)
-                        ),
-                    ).where(Trigger.kind == "cron", Trigger.enabled)
-                ).one()
-            )
+            fingerprint = tuple(session.execute(_FINGERPRINT).one())
             if fingerprint == self._fingerprint:
                 return
             rows = session.execute(

@@ -67,7 +67,9 @@ __all__ = [
     "due_ticks",
     "fire_due",
     "fire_tick",
+    "last_tick",
     "plan_ticks",
+    "record_skipped",
     "start_from_trigger",
     "start_manual",
 ]
@@ -162,12 +164,9 @@ def fire_due(
     if isinstance(trigger, TickResult):
         return [trigger]
     config = _cron_config(trigger)
-    last = session.scalar(
-        select(func.max(TriggerTick.scheduled_at)).where(TriggerTick.trigger_id == trigger.id)
-    )
+    last = last_tick(session, trigger.id)
     plan = plan_ticks(config, last, trigger.active_since, until)
-    if plan.skip:
-        _record(session, trigger.id, plan.skip)
+    record_skipped(session, trigger.id, plan.skip)
     results = [fire_tick(session, trigger.id, tick, now=now) for tick in plan.fire]
     if results:
         return results
@@ -175,6 +174,21 @@ def fire_due(
         return [TickResult(trigger.id, FireOutcome.ALREADY_FIRED, scheduled_at=until)]
     reason = "no tick due" if not plan.skip else f"{len(plan.skip)} missed tick(s) skipped"
     return [TickResult(trigger.id, FireOutcome.NOTHING_DUE, reason=reason)]
+
+
+def last_tick(session: Session, trigger_id: uuid.UUID) -> datetime | None:
+    """The newest tick of the trigger that is recorded (fired or skipped), or None."""
+    return session.scalar(
+        select(func.max(TriggerTick.scheduled_at)).where(TriggerTick.trigger_id == trigger_id)
+    )
+
+
+def record_skipped(
+    session: Session, trigger_id: uuid.UUID, skipped: list[tuple[datetime, str]]
+) -> None:
+    """Record the ticks a :class:`TickPlan` skips, with their reasons (those already there stay)."""
+    if skipped:
+        _record(session, trigger_id, skipped)
 
 
 def fire_tick(

@@ -16,15 +16,15 @@ may run at once; one leads and fires, the others wait:
   a trigger created, changed, disabled or deleted is followed within
   ``AUTOSTEP_SCHEDULER_POLL_SECONDS`` (a disabled or deleted trigger never
   fires anyway: firing reads it under a lock).
-- **Firing**: at a trigger's due time, :func:`autostep.firing.fire_due` runs
-  in a transaction of its own with the current time as bound; it applies
-  the trigger's catch-up policy to every tick since the last one recorded in
-  ``trigger_tick`` and fires each tick it returns with
-  :func:`autostep.firing.fire_tick`. In steady state that is one tick per
-  transaction; after a downtime it is the trigger's missed ticks (at most
-  ``catch_up_limit`` fired), each keyed by its tick. A new leader, a
-  reloaded trigger and a restart start with such a pass, which is the
-  catch-up after downtime.
+- **Firing**: at a trigger's due time, a transaction reads the trigger and
+  its last recorded tick and applies its catch-up policy
+  (:func:`autostep.firing.plan_ticks`) to every tick since, up to now; it
+  records the ticks the policy skips and fires the first due one with
+  :func:`autostep.firing.fire_tick`. Every further due tick (after a
+  downtime) gets a transaction of its own, so a crash in the middle of a
+  catch-up keeps the ticks already fired. In steady state that is one
+  transaction per tick. A new leader, a reloaded trigger and a restart
+  start with such a pass: that is the catch-up after a downtime.
 - **Time** comes from a :class:`~autostep.scheduler.clock.Clock`: the real
   one, or a simulated timeline (``AUTOSTEP_SCHEDULER_CLOCK``) for tests.
 
@@ -51,7 +51,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autostep.db import database_outages, error_summary, unit_of_work
 from autostep.exceptions import AutostepError, DatabaseUnavailable
-from autostep.firing import FireOutcome, TickResult, fire_due
+from autostep.firing import (
+    FireOutcome,
+    TickPlan,
+    TickResult,
+    fire_tick,
+    last_tick,
+    plan_ticks,
+    record_skipped,
+)
 from autostep.models import Trigger
 from autostep.scheduler.clock import Clock, SystemClock
 from autostep.settings import libpq_dsn
@@ -258,23 +266,47 @@ class LocalScheduler:
     def _fire(
         self, trigger_id: uuid.UUID
     ) -> tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, datetime | None]:
-        """Fire what is due of one trigger in a transaction of its own; when to come back.
+        """Fire what is due of one trigger, each tick in its own transaction; when to come back.
 
-        Runs on a worker thread when ``workers`` > 1: it only reads the
-        entry, the caller updates the heap.
+        The first transaction plans the ticks by the catch-up policy
+        (:func:`autostep.firing.plan_ticks`, from the last recorded tick),
+        records those it skips and fires the first; every further tick gets
+        a transaction of its own, so a crash in a long catch-up keeps what
+        was done. Runs on a worker thread when ``workers`` > 1: it only
+        reads the entry, the caller updates the heap.
         """
         entry = self._entries[trigger_id]
         now = self.clock.now()
+        results: list[TickResult] = []
         try:
             with database_outages(), unit_of_work(self.sessions) as session:
-                results = fire_due(session, trigger_id, until=now, now=now)
+                plan = self._plan(session, trigger_id, now)
+                record_skipped(session, trigger_id, plan.skip)
+                results += [
+                    TickResult(trigger_id, FireOutcome.SKIPPED, scheduled_at=tick, reason=reason)
+                    for tick, reason in plan.skip
+                ]
+                if plan.fire:
+                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))
+            for tick in plan.fire[1:]:
+                with database_outages(), unit_of_work(self.sessions) as session:
+                    results.append(fire_tick(session, trigger_id, tick, now=self.clock.now()))
         except DatabaseUnavailable as exc:
             return trigger_id, exc, now
         except AutostepError as exc:
             log.warning("%s: trigger %s: %s; trying again", self.name, trigger_id, exc)
-            return trigger_id, [], now + timedelta(seconds=self.poll_seconds)
+            return trigger_id, results, now + timedelta(seconds=self.poll_seconds)
         following = next_fire_times(entry.config, now, 1)
         return trigger_id, results, following[0] if following else None
+
+    @staticmethod
+    def _plan(session: Session, trigger_id: uuid.UUID, now: datetime) -> TickPlan:
+        """The catch-up plan of the trigger as it is now (nothing if disabled or gone)."""
+        trigger = session.get(Trigger, trigger_id)
+        if trigger is None or not trigger.enabled or trigger.kind != "cron":
+            return TickPlan()
+        config = CronConfig.model_validate(trigger.config)
+        return plan_ticks(config, last_tick(session, trigger_id), trigger.active_since, now)
 
     def _log(self, results: list[TickResult]) -> None:
         shown = [result for result in results if result.outcome in _LOGGED]

@@ -55,6 +55,8 @@ RUNNER_FAULTS = "tests/service/test_runner_faults.py"
 TRIGGERS = "tests/service/test_triggers.py"
 FIRING = "tests/service/test_firing.py"
 CLI_TRIGGERS = "tests/e2e/test_cli_triggers.py"
+SCHEDULER = "tests/service/test_scheduler_local.py"
+SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
 
 MUTATIONS = (
     Mutation(
@@ -394,6 +396,53 @@ MUTATIONS = (
         "    return hmac.compare_digest(_hash(token), trigger.token_hash)\n",
         "    return True\n",
         (TRIGGERS,),
+    ),
+    Mutation(
+        "tick-job-committed-alone",
+        "a tick's row and its job commit together: a crash leaves both or neither",
+        "autostep/firing.py",
+        "                job_id = start_from_trigger(session, trigger.id, variables).id\n",
+        "                from autostep.db import make_engine, make_session_factory, unit_of_work\n"
+        "\n"
+        "                with unit_of_work(make_session_factory(make_engine())) as alone:\n"
+        "                    job_id = start_from_trigger(alone, trigger.id, variables).id\n",
+        (SCHEDULER_CRASH,),
+    ),
+    Mutation(
+        "scheduler-catch-up-forgets-downtime",
+        "the local scheduler catches up the ticks missed while it was down, from the last recorded",
+        "scheduler/local.py",
+        "plan_ticks(config, last_tick(session, trigger_id), trigger.active_since, now)",
+        "plan_ticks(config, now - timedelta(minutes=1), trigger.active_since, now)",
+        (SCHEDULER, SCHEDULER_CRASH),
+    ),
+    Mutation(
+        "scheduler-catch-up-in-one-transaction",
+        "each tick of a catch-up commits on its own: a crash mid-way keeps the ticks fired",
+        "scheduler/local.py",
+        "                if plan.fire:\n"
+        "                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))\n"
+        "            for tick in plan.fire[1:]:\n",
+        "                for tick in plan.fire:\n"
+        "                    results.append(fire_tick(session, trigger_id, tick, now=now))\n"
+        "            for tick in plan.fire[:0]:\n",
+        (SCHEDULER_CRASH,),
+    ),
+    Mutation(
+        "scheduler-no-leader-lock",
+        "one local scheduler leads at a time",
+        "scheduler/local.py",
+        '"SELECT pg_try_advisory_lock(%s, 0)"',
+        '"SELECT %s > 0"',
+        (SCHEDULER,),
+    ),
+    Mutation(
+        "scheduler-no-reload",
+        "the local scheduler follows a changed or disabled trigger within a second",
+        "scheduler/local.py",
+        "            if fingerprint == self._fingerprint:\n",
+        "            if self._fingerprint is not None:\n",
+        (SCHEDULER,),
     ),
 )
 

@@ -402,9 +402,11 @@ MUTATIONS = (
         "a tick's row and its job commit together: a crash leaves both or neither",
         "autostep/firing.py",
         "                job_id = start_from_trigger(session, trigger.id, variables).id\n",
-        "                from autostep.db import make_engine, make_session_factory, unit_of_work\n"
+        "                from autostep import db, settings\n"
         "\n"
-        "                with unit_of_work(make_session_factory(make_engine())) as alone:\n"
+        "                url = settings.get_settings().database_url\n"
+        "                alone_factory = db.make_session_factory(db.shared_engine(url))\n"
+        "                with db.unit_of_work(alone_factory) as alone:\n"
         "                    job_id = start_from_trigger(alone, trigger.id, variables).id\n",
         (SCHEDULER_CRASH,),
     ),
@@ -421,8 +423,8 @@ MUTATIONS = (
         "each tick of a catch-up commits on its own: a crash mid-way keeps the ticks fired",
         "scheduler/local.py",
         "                if plan.fire:\n"
-        "                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))\n"
-        "            for tick in plan.fire[1:]:\n",
+        "                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))"
+        "\n            for tick in plan.fire[1:]:\n",
         "                for tick in plan.fire:\n"
         "                    results.append(fire_tick(session, trigger_id, tick, now=now))\n"
         "            for tick in plan.fire[:0]:\n",

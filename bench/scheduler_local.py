@@ -109,7 +109,7 @@ def _baseline(plat: Platform, sessions: object, count: int, threads: int) -> lis
 def _scheduler(
     plat: Platform, count: int, workers: int, previous: datetime | None
 ) -> tuple[list[float], datetime]:
-    """Lags of the ticks of ``count`` triggers due at one minute boundary, fired by the scheduler."""
+    """Lags of the ticks of ``count`` triggers due at one minute, fired by the scheduler."""
     from autostep.scheduler.clock import ScaledClock
 
     now = datetime.now(UTC)

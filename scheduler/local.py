@@ -41,7 +41,7 @@ import threading
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 LEADER_LOCK = 0x61730003
 #: A pass handling more ticks than this logs one summary line instead of one per tick.
 LOG_EACH_UP_TO = 20
+#: Fire times of a trigger computed at once.
+UPCOMING = 60
 #: Seconds to wait for PostgreSQL when connecting for leadership.
 CONNECT_TIMEOUT = 5
 #: Changes whenever an enabled cron trigger is created, changed, disabled or deleted.
@@ -95,6 +97,8 @@ class _Entry:
     config: CronConfig
     version: int
     due: datetime
+    #: The next fire times, computed :data:`UPCOMING` at a time (a walk costs milliseconds).
+    upcoming: list[datetime] = field(default_factory=list)
 
 
 class LocalScheduler:
@@ -215,13 +219,14 @@ class LocalScheduler:
             handled = [self._fire(trigger_id) for trigger_id in due]
         results: list[TickResult] = []
         outage: DatabaseUnavailable | None = None
-        for trigger_id, fired, next_due in handled:
+        for trigger_id, fired, upcoming in handled:
             if isinstance(fired, DatabaseUnavailable):
                 outage = fired
             else:
                 results.extend(fired)
-            if next_due is not None:
-                self._entries[trigger_id].due = next_due
+            if upcoming:
+                entry = self._entries[trigger_id]
+                entry.due, entry.upcoming = upcoming[0], upcoming
                 self._push(trigger_id)
         self._log(results)
         if outage is not None:
@@ -265,7 +270,7 @@ class LocalScheduler:
 
     def _fire(
         self, trigger_id: uuid.UUID
-    ) -> tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, datetime | None]:
+    ) -> tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, list[datetime]]:
         """Fire what is due of one trigger, each tick in its own transaction; when to come back.
 
         The first transaction plans the ticks by the catch-up policy
@@ -292,12 +297,12 @@ class LocalScheduler:
                 with database_outages(), unit_of_work(self.sessions) as session:
                     results.append(fire_tick(session, trigger_id, tick, now=self.clock.now()))
         except DatabaseUnavailable as exc:
-            return trigger_id, exc, now
+            return trigger_id, exc, [now]
         except AutostepError as exc:
             log.warning("%s: trigger %s: %s; trying again", self.name, trigger_id, exc)
-            return trigger_id, results, now + timedelta(seconds=self.poll_seconds)
-        following = next_fire_times(entry.config, now, 1)
-        return trigger_id, results, following[0] if following else None
+            return trigger_id, results, [now + timedelta(seconds=self.poll_seconds)]
+        upcoming = [tick for tick in entry.upcoming if tick > now]
+        return trigger_id, results, upcoming or next_fire_times(entry.config, now, UPCOMING)
 
     @staticmethod
     def _plan(session: Session, trigger_id: uuid.UUID, now: datetime) -> TickPlan:

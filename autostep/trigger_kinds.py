@@ -93,6 +93,8 @@ _PART = re.compile(r"^(?:(?P<star>[*?])|(?P<low>\w+)(?:-(?P<high>\w+))?)(?:/(?P<
 #: Wall times of a fall-back day come back at most this much later (2 h in
 #: Antarctica/Troll); iterations look this far beyond what they return.
 _DST_SHIFT = timedelta(hours=3)
+#: The walk's margin in a zone whose offset never changes (see _instants).
+_FIXED_MARGIN = timedelta(minutes=1)
 #: A schedule that fires less than once in this many years is refused.
 _MAX_YEARS = 8
 
@@ -329,13 +331,17 @@ def _instants(
     croniter walks naive wall-clock times; each becomes the instants that
     show that wall time in ``zone`` (none in a spring-forward gap, two in a
     fall-back overlap). Instants come out of wall-time order by at most
-    :data:`_DST_SHIFT`, so the walk goes that far beyond the last one kept.
+    :data:`_DST_SHIFT`, so the walk goes that far beyond the last one kept
+    (in a zone without offset changes, such as UTC, they come in order: a
+    minute is enough, which saves a few hundred croniter steps on a frequent
+    schedule).
     ``bound``: going back, stop at ticks at or before it.
     """
     if pivot.tzinfo is None:
         raise ValueError("pivot must be an aware datetime")
     local = _wall(pivot, zone)
-    start = local - _DST_SHIFT if forward else local + _DST_SHIFT
+    margin = _FIXED_MARGIN if _fixed_offset(zone) else _DST_SHIFT
+    start = local - margin if forward else local + margin
     walk = croniter(
         schedule.expression,
         start,
@@ -348,15 +354,23 @@ def _instants(
             if (instant > pivot) if forward else (instant <= pivot):
                 found.append(instant)
         found.sort(reverse=not forward)
-        if bound is not None and not forward and wall < _wall(bound, zone) - _DST_SHIFT:
+        if bound is not None and not forward and wall < _wall(bound, zone) - margin:
             break
         if len(found) >= count:
             edge = _wall(found[count - 1], zone)
-            if (wall - edge if forward else edge - wall) > _DST_SHIFT:
+            if (wall - edge if forward else edge - wall) > margin:
                 break
     if bound is not None:
         found = [instant for instant in found if instant > bound]
     return found[:count]
+
+
+#: Zones whose offset from UTC never changes (the ``Etc/`` zones are fixed offsets too).
+_FIXED_ZONES = frozenset({"UTC", "UCT", "GMT", "Universal", "Zulu", "Greenwich"})
+
+
+def _fixed_offset(zone: ZoneInfo) -> bool:
+    return zone.key in _FIXED_ZONES or zone.key.startswith("Etc/")
 
 
 def _wall(instant: datetime, zone: ZoneInfo) -> datetime:

@@ -65,7 +65,7 @@ from autostep.scheduler.clock import Clock, SystemClock
 from autostep.settings import libpq_dsn
 from autostep.trigger_kinds import CronConfig, next_fire_times
 
-__all__ = ["LEADER_LOCK", "LOG_EACH_UP_TO", "LocalScheduler"]
+__all__ = ["LEADER_LOCK", "LOG_EACH_UP_TO", "UPCOMING", "LocalScheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,11 @@ class LocalScheduler:
         except psycopg.Error as exc:
             log.warning("%s: cannot reach the database: %s", self.name, error_summary(exc))
             return False
-        got = conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (LEADER_LOCK,)).fetchone()
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, 0)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("%s: cannot take the lock: %s", self.name, error_summary(exc))
+            got = None
         if not got or not got[0]:
             conn.close()
             return False

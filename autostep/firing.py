@@ -6,8 +6,10 @@ trigger's ``input_template`` and starts the job with
 :func:`autostep.runs.start_job`, ``job.trigger_id`` set. Webhook and manual
 starts honour an ``Idempotency-Key`` (:mod:`autostep.idempotency`).
 
-Cron ticks go through :func:`fire_due` (what ``autostep fire`` and the local
-scheduler call) and :func:`fire_tick`, inside the caller's transaction:
+Cron ticks go through :func:`fire_tick`, inside the caller's transaction;
+``autostep fire`` calls it through :func:`fire_due` (the catch-up and the
+ticks in one transaction), the local scheduler after :func:`plan_ticks`
+and :func:`record_skipped` (each tick in a transaction of its own):
 
 1. the trigger row is locked (lock order: **trigger → workflow → job →
    processes**), so the ticks of one trigger are handled one at a time;

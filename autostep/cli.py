@@ -8,6 +8,7 @@ probe of those without HTTP;
 ``autostep run start|status|list|cancel|rerun`` manage workflows and runs
 against the database; ``autostep trigger ...`` manages triggers and
 ``autostep fire`` fires a cron trigger's tick (:mod:`autostep.trigger_commands`);
+``autostep scheduler run`` fires cron triggers locally (:mod:`autostep.scheduler.local`);
 ``autostep dev`` starts a whole local platform with a demo workflow;
 ``autostep watch`` prints live events from the gateway's websocket.
 It is the one module allowed to import the service packages.
@@ -125,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sched = sub.add_parser("scheduler", help="the cron scheduler").add_subparsers(metavar="ACTION")
     sched_run = sched.add_parser(
-        "run", help="keep cron triggers scheduled (AUTOSTEP_SCHEDULER_BACKEND: kubernetes)"
+        "run",
+        help="fire cron triggers: in this process (AUTOSTEP_SCHEDULER_BACKEND=local, the "
+        "default) or as Kubernetes CronJobs (kubernetes); runs until stopped",
     )
     sched_run.set_defaults(handler=_scheduler_run)
 
@@ -252,6 +255,36 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if verdict.healthy else 1
 
 
+def _local_scheduler_run() -> int:
+    """The local scheduler on plain threads: this process is never patched by eventlet."""
+    import logging
+    import signal
+    import threading
+
+    from autostep.settings import get_settings
+
+    settings = get_settings()
+    from autostep.db import make_engine, make_session_factory
+    from autostep.scheduler.clock import parse_clock
+    from autostep.scheduler.local import LocalScheduler
+
+    clock = parse_clock(settings.scheduler_clock)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    scheduler = LocalScheduler(
+        make_session_factory(make_engine(settings)),
+        settings.database_url,
+        clock,
+        poll_seconds=settings.scheduler_poll_seconds,
+        retry_seconds=settings.scheduler_retry_seconds,
+        workers=settings.scheduler_workers,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scheduler.run(stop)
+    return 0
+
+
 def _functions_run(args: argparse.Namespace) -> int:
     def services() -> list[type]:
         from autostep.exceptions import NotFoundError
@@ -303,10 +336,7 @@ def _scheduler_run(args: argparse.Namespace) -> int:
 
         return _serve("scheduler", services, component="scheduler")
     if backend == "local":
-        raise InvalidInput(
-            "the local scheduler is not available yet; use kubernetes",
-            field="AUTOSTEP_SCHEDULER_BACKEND",
-        )
+        return _local_scheduler_run()
     raise InvalidInput(
         f"unknown backend {backend!r}; use kubernetes or local", field="AUTOSTEP_SCHEDULER_BACKEND"
     )

@@ -1,17 +1,19 @@
 """``autostep dev``: the whole platform on one machine, for trying it out.
 
 Creates the database if it is missing, migrates it, starts the relay, the
-built-in function runner, the HTTP gateway and the gateway's RPC services as
-child processes, prints the REST API's and its docs' URLs,
-publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
-platform running until Ctrl-C. (There is no scheduler yet, so cron
-triggers do not run locally.)
+built-in function runner, the HTTP gateway, the gateway's RPC services and
+the local scheduler (``autostep scheduler run`` with
+``AUTOSTEP_SCHEDULER_BACKEND=local``: cron triggers fire in it) as child
+processes, prints the REST API's and its docs' URLs, publishes
+``examples/demo.yaml`` and follows one run of it, then keeps the platform
+running until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -39,7 +41,10 @@ PROCESSES = {
     "functions": ["functions", "run", "autostep.functions.builtins"],
     "gateway": ["gateway", "run"],
     "gateway-rpc": ["gateway", "rpc"],
+    "scheduler": ["scheduler", "run"],
 }
+#: Settings of one child beyond the environment's.
+CHILD_ENV = {"scheduler": {"AUTOSTEP_SCHEDULER_BACKEND": "local"}}
 
 
 def run_dev(*, demo: bool = True) -> int:
@@ -49,7 +54,10 @@ def run_dev(*, demo: bool = True) -> int:
     _create_database(settings.database_url)
     upgrade(settings.database_url)
     children = {
-        name: subprocess.Popen([sys.executable, "-m", "autostep.cli", *args])
+        name: subprocess.Popen(
+            [sys.executable, "-m", "autostep.cli", *args],
+            env={**os.environ, **CHILD_ENV.get(name, {})},
+        )
         for name, args in PROCESSES.items()
     }
     print(

@@ -6,8 +6,10 @@ trigger's ``input_template`` and starts the job with
 :func:`autostep.runs.start_job`, ``job.trigger_id`` set. Webhook and manual
 starts honour an ``Idempotency-Key`` (:mod:`autostep.idempotency`).
 
-Cron ticks go through :func:`fire_due` (what ``autostep fire`` and the local
-scheduler call) and :func:`fire_tick`, inside the caller's transaction:
+Cron ticks go through :func:`fire_tick`, inside the caller's transaction;
+``autostep fire`` calls it through :func:`fire_due` (the catch-up and the
+ticks in one transaction), the local scheduler after :func:`plan_ticks`
+and :func:`record_skipped` (each tick in a transaction of its own):
 
 1. the trigger row is locked (lock order: **trigger → workflow → job →
    processes**), so the ticks of one trigger are handled one at a time;
@@ -68,7 +70,9 @@ __all__ = [
     "due_ticks",
     "fire_due",
     "fire_tick",
+    "last_tick",
     "plan_ticks",
+    "record_skipped",
     "start_from_trigger",
     "start_manual",
     "start_run",
@@ -172,12 +176,9 @@ def fire_due(
     if isinstance(trigger, TickResult):
         return [trigger]
     config = _cron_config(trigger)
-    last = session.scalar(
-        select(func.max(TriggerTick.scheduled_at)).where(TriggerTick.trigger_id == trigger.id)
-    )
+    last = last_tick(session, trigger.id)
     plan = plan_ticks(config, last, trigger.active_since, until)
-    if plan.skip:
-        _record(session, trigger.id, plan.skip)
+    record_skipped(session, trigger.id, plan.skip)
     results = [fire_tick(session, trigger.id, tick, now=now) for tick in plan.fire]
     if results:
         return results
@@ -185,6 +186,21 @@ def fire_due(
         return [TickResult(trigger.id, FireOutcome.ALREADY_FIRED, scheduled_at=until)]
     reason = "no tick due" if not plan.skip else f"{len(plan.skip)} missed tick(s) skipped"
     return [TickResult(trigger.id, FireOutcome.NOTHING_DUE, reason=reason)]
+
+
+def last_tick(session: Session, trigger_id: uuid.UUID) -> datetime | None:
+    """The newest tick of the trigger that is recorded (fired or skipped), or None."""
+    return session.scalar(
+        select(func.max(TriggerTick.scheduled_at)).where(TriggerTick.trigger_id == trigger_id)
+    )
+
+
+def record_skipped(
+    session: Session, trigger_id: uuid.UUID, skipped: list[tuple[datetime, str]]
+) -> None:
+    """Record the ticks a :class:`TickPlan` skips, with their reasons (those already there stay)."""
+    if skipped:
+        _record(session, trigger_id, skipped)
 
 
 def fire_tick(

@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     health_beat_seconds: float = 5.0
     #: The platform's container image; the scheduler's CronJobs run it (``AUTOSTEP_IMAGE``).
     image: str = "autostep:latest"
-    #: Scheduler: ``kubernetes`` (CronJobs) or ``local`` (an in-process loop).
-    scheduler_backend: str = "kubernetes"
+    #: Scheduler: ``local`` (fires cron triggers in its own process) or ``kubernetes``
+    #: (keeps a CronJob per cron trigger; the Helm chart sets it).
+    scheduler_backend: str = "local"
     #: Scheduler: seconds between two full resyncs of the cron triggers.
     scheduler_resync_seconds: float = 60.0
     #: Scheduler: the Kubernetes API's URL; empty: in-cluster, else ``KUBECONFIG``.
@@ -110,6 +111,15 @@ class Settings(BaseSettings):
     scheduler_backoff_limit: int = 2
     #: Scheduler: seconds a finished Job (and its pods' logs) stays before Kubernetes removes it.
     scheduler_ttl_seconds_after_finished: int = 86400
+    #: Local scheduler: seconds between checks for changed triggers and for leadership.
+    scheduler_poll_seconds: float = 1.0
+    #: Local scheduler: seconds a replica that does not lead waits before trying again.
+    scheduler_retry_seconds: float = 3.0
+    #: Local scheduler: triggers fired at once (each tick in its own transaction).
+    scheduler_workers: int = 4
+    #: Local scheduler, tests and demos only: a simulated timeline,
+    #: ``<simulated RFC 3339 time>@<Unix time>x<speed>`` (see autostep.scheduler.clock).
+    scheduler_clock: str | None = None
 
 
 @lru_cache(maxsize=1)

@@ -63,6 +63,8 @@ HEALTH = "tests/e2e/test_health.py"
 CHART = "tests/unit/test_chart.py"
 LOCK = "tests/unit/test_lock.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
+SCHEDULER = "tests/service/test_scheduler_local.py"
+SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
 
 MUTATIONS = (
     Mutation(
@@ -633,6 +635,63 @@ MUTATIONS = (
         '    "croniter>=6,<8",',
         '    "croniter>=9",',
         (LOCK,),
+    ),
+    Mutation(
+        "local-scheduler-never-beats",
+        "autostep health scheduler passes while the local scheduler's loop turns",
+        "scheduler/local.py",
+        '                health.beat("scheduler")',
+        "                pass",
+        (f"{HEALTH}::test_running_worker_passes_and_a_frozen_one_fails",),
+    ),
+    Mutation(
+        "tick-job-committed-alone",
+        "a tick's row and its job commit together: a crash leaves both or neither",
+        "autostep/firing.py",
+        "                job_id = start_from_trigger(session, trigger.id, variables).id\n",
+        "                from autostep import db, settings\n"
+        "\n"
+        "                url = settings.get_settings().database_url\n"
+        "                alone_factory = db.make_session_factory(db.shared_engine(url))\n"
+        "                with db.unit_of_work(alone_factory) as alone:\n"
+        "                    job_id = start_from_trigger(alone, trigger.id, variables).id\n",
+        (SCHEDULER_CRASH,),
+    ),
+    Mutation(
+        "scheduler-catch-up-forgets-downtime",
+        "the local scheduler catches up the ticks missed while it was down, from the last recorded",
+        "scheduler/local.py",
+        "plan_ticks(config, last_tick(session, trigger_id), trigger.active_since, now)",
+        "plan_ticks(config, now - timedelta(minutes=1), trigger.active_since, now)",
+        (SCHEDULER, SCHEDULER_CRASH),
+    ),
+    Mutation(
+        "scheduler-catch-up-in-one-transaction",
+        "each tick of a catch-up commits on its own: a crash mid-way keeps the ticks fired",
+        "scheduler/local.py",
+        "                if plan.fire:\n"
+        "                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))"
+        "\n            for tick in plan.fire[1:]:\n",
+        "                for tick in plan.fire:\n"
+        "                    results.append(fire_tick(session, trigger_id, tick, now=now))\n"
+        "            for tick in plan.fire[:0]:\n",
+        (SCHEDULER_CRASH,),
+    ),
+    Mutation(
+        "scheduler-no-leader-lock",
+        "one local scheduler leads at a time",
+        "scheduler/local.py",
+        '"SELECT pg_try_advisory_lock(%s, 0)"',
+        '"SELECT %s > 0"',
+        (SCHEDULER,),
+    ),
+    Mutation(
+        "scheduler-no-reload",
+        "the local scheduler follows a changed or disabled trigger within a second",
+        "scheduler/local.py",
+        "            if fingerprint == self._fingerprint:\n",
+        "            if self._fingerprint is not None:\n",
+        (SCHEDULER,),
     ),
 )
 

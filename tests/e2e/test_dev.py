@@ -58,7 +58,9 @@ def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
     url = f"http://127.0.0.1:{port}"
     assert f"REST API at {url}/ (docs: {url}/docs)" in output, output
     assert docs_served
-    assert len(children) == 4  # relay, functions, the HTTP gateway, the RPC gateway
+    assert "scheduler (pid" in output, output
+    # relay, functions, the HTTP gateway, the RPC gateway, the local scheduler
+    assert len(children) == 5
     deadline = time.monotonic() + 5  # dev waited for them; give the kernel a moment
     while [pid for pid in children if os.path.exists(f"/proc/{pid}")]:
         assert time.monotonic() < deadline, "children left"

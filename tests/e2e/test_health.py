@@ -68,7 +68,7 @@ def stopped_fails_probe(process: ManagedProcess, directory: Path, component: str
     assert f"(max {MAX_AGE:g} s" in stale.stderr
 
 
-@pytest.mark.parametrize("component", ["relay", "functions", "gateway-rpc"])
+@pytest.mark.parametrize("component", ["relay", "functions", "gateway-rpc", "scheduler"])
 def test_running_worker_passes_and_a_frozen_one_fails(
     component: str,
     autostep_process: Callable[..., ManagedProcess],
@@ -86,6 +86,14 @@ def test_running_worker_passes_and_a_frozen_one_fails(
     elif component == "functions":
         process = autostep_process(
             "runner", "functions", "run", *RUNNER_MODULES, env=env, ready=runner_connected
+        )
+    elif component == "scheduler":  # local mode: its loop turns at least once a second
+        process = autostep_process(
+            "scheduler",
+            "scheduler",
+            "run",
+            env={**env, "AUTOSTEP_SCHEDULER_BACKEND": "local"},
+            ready=lambda process: "started" in process.output(),
         )
     else:
         process = autostep_process("rpc", "gateway", "rpc", env=env, ready=runner_connected)

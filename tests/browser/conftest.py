@@ -69,7 +69,14 @@ def platform(
     logs = tmp_path_factory.mktemp("platform")
     env = {**os.environ, **platform_env, "PYTHONUNBUFFERED": "1"}
     subprocess.run(
-        [sys.executable, "-c", _EFFECT_TABLES, platform_env["AUTOSTEP_DATABASE_URL"]],
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            _EFFECT_TABLES,
+            platform_env["AUTOSTEP_DATABASE_URL"],
+        ],
         env=env,
         check=True,
     )

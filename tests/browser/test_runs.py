@@ -60,32 +60,39 @@ def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     workflow_id = page.url.rsplit("/", 1)[1]
 
     # seed --(output.n > 3)--> fan (delay for each item) --join--> total; otherwise --> small
+    field(page, "sample").fill(
+        '{"output": {"n": 5, "items": [1]}, "input": {}, "prev": {"items": [1]}}'
+    )
     field(page, "steps[0].name").fill("seed")
     add_step(page, 1, "fan", "delay")
     field(page, "steps[1].config.seconds").fill("1")
-    field(page, "steps[1].for_each").fill("prev.items")
+    field(page, "steps[1].for_each").fill("output.items")  # `output` is not there at publish
     add_step(page, 2, "total", "noop")
     add_step(page, 3, "small", "noop")
     add_transition(page, "seed", 0, "steps[0]", "fan", "output.n >")
     add_transition(page, "seed", 1, "steps[0]", "small")
     add_transition(page, "fan", 0, "steps[1]", "total")
-
-    # the live check shows the bad condition on its field; so does a refused publish
-    when = "steps[0].next[0].when"
-    expect(page.locator(f'[data-error-for="{when}"]')).to_contain_text("Syntax error")
-    page.get_by_role("button", name="Publish").click()
-    expect(page.get_by_role("alert").first).to_contain_text(when)
-    expect(field(page, when)).to_have_attribute("aria-invalid", "true")
     graph = page.get_by_test_id("graph")
     expect(graph.get_by_text("output.n >", exact=True)).to_be_visible()
-    snapshot(page, "editor-error")
 
-    field(page, "sample").fill('{"output": {"n": 5}, "input": {}}')
+    # the live check shows the bad condition on its field
+    when = "steps[0].next[0].when"
+    expect(page.locator(f'[data-error-for="{when}"]')).to_contain_text("Syntax error")
+    expect(field(page, when)).to_have_attribute("aria-invalid", "true")
+    snapshot(page, "editor-error")
     field(page, when).fill("output.n > 3")
-    expect(page.locator(f'[data-verdict-for="{when}"]')).to_be_visible()
+    expect(page.locator(f'[data-verdict-for="{when}"]')).to_contain_text("true")
+
+    # a refused publish shows its error on the field that caused it
+    for_each = "steps[1].for_each"
+    expect(page.locator(f'[data-verdict-for="{for_each}"]')).to_be_visible()
+    page.get_by_role("button", name="Publish").click()
+    expect(page.locator(f'[data-error-for="{for_each}"]')).to_contain_text("output")
+    expect(field(page, for_each)).to_have_attribute("aria-invalid", "true")
+    field(page, for_each).fill("prev.items")
     page.get_by_role("button", name="Publish").click()
     expect(page.get_by_test_id("notice")).to_contain_text("Published version 2")
-    expect(page.locator(f'[data-error-for="{when}"]')).to_have_count(0)
+    expect(page.locator("[data-error-for]")).to_have_count(0)
     expect(graph.get_by_text("join: output.n > 3")).to_have_count(0)
     expect(graph.get_by_text("for each prev.items")).to_be_visible()
     expect(graph.get_by_text("join", exact=True)).to_be_visible()

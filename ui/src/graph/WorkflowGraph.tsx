@@ -85,9 +85,12 @@ export function WorkflowGraph({
   label: string;
 }) {
   const { nodes, edges } = useMemo(() => layout(steps, statuses), [steps, statuses]);
+  // a new shape is drawn afresh, so that it is fitted into view again
+  const shape = `${nodes.map((n) => n.id).join(",")}|${edges.map((e) => e.id).join(",")}`;
   return (
     <figure className="graph" aria-label={label} data-testid="graph">
       <ReactFlow
+        key={shape}
         nodes={nodes}
         edges={edges}
         fitView

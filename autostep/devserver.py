@@ -2,7 +2,7 @@
 
 Creates the database if it is missing, migrates it, starts the relay, the
 built-in function runner, the HTTP gateway and the gateway's RPC services as
-child processes, prints the REST API's and its docs' URLs,
+child processes, prints the URLs of the REST API, its docs and the web UI,
 publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
 platform running until Ctrl-C. (There is no scheduler yet, so cron
 triggers do not run locally.)
@@ -59,6 +59,7 @@ def run_dev(*, demo: bool = True) -> int:
     )
     url = f"http://{settings.http_host}:{settings.http_port}"
     print(f"autostep: REST API at {url}/ (docs: {url}/docs)", flush=True)
+    print(f"autostep: web UI at {url}/ui/", flush=True)
     try:
         if demo:
             _run_demo()

@@ -4,9 +4,9 @@ Creates the database if it is missing, migrates it, starts the relay, the
 built-in function runner, the HTTP gateway, the gateway's RPC services and
 the local scheduler (``autostep scheduler run`` with
 ``AUTOSTEP_SCHEDULER_BACKEND=local``: cron triggers fire in it) as child
-processes, prints the REST API's and its docs' URLs, publishes
-``examples/demo.yaml`` and follows one run of it, then keeps the platform
-running until Ctrl-C.
+processes, prints the URLs of the REST API, its docs and the web UI,
+publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
+platform running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def run_dev(*, demo: bool = True) -> int:
     )
     url = f"http://{settings.http_host}:{settings.http_port}"
     print(f"autostep: REST API at {url}/ (docs: {url}/docs)", flush=True)
+    print(f"autostep: web UI at {url}/ui/", flush=True)
     try:
         if demo:
             _run_demo()

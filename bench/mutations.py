@@ -65,8 +65,34 @@ LOCK = "tests/unit/test_lock.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 SCHEDULER = "tests/service/test_scheduler_local.py"
 SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
+WEB_UI = "tests/e2e/test_webui.py"
+OPENAPI_COMMITTED = "tests/unit/test_openapi_committed.py"
 
 MUTATIONS = (
+    Mutation(
+        "web-ui-no-deep-links",
+        "a deep link into the web UI loads the app, whose router draws the page",
+        "gateway/http/webui.py",
+        "            response = await super().get_response(\"index.html\", scope)\n",
+        "            raise\n",
+        (WEB_UI,),
+    ),
+    Mutation(
+        "web-ui-shadows-the-api",
+        "the web UI never answers in place of an API path",
+        "gateway/http/webui.py",
+        "PREFIX = \"/ui\"",
+        "PREFIX = \"\"",
+        (WEB_UI,),
+    ),
+    Mutation(
+        "openapi-document-changed",
+        "the UI's committed OpenAPI document (and so its types) follows the API",
+        "gateway/http/app.py",
+        "Projects, workflows and their versions,",
+        "Projects, workflows and versions,",
+        (OPENAPI_COMMITTED,),
+    ),
     Mutation(
         "inbox-ignored",
         "no doubled effect: a message seen before is not run again",

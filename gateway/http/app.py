@@ -11,8 +11,9 @@ stopped with the app), errors as problem details
 and ``/readyz`` (the database and the broker answer, each within
 :data:`PROBE_TIMEOUT` seconds), ``/openapi.json`` (OpenAPI 3.1) and
 ``/docs``, whose Swagger UI comes from the ``fastapi-offline`` package,
-not from a CDN. Endpoints are synchronous and call the core as the RPC
-service does; FastAPI runs them in its thread pool. The hottest read
+not from a CDN, and the web UI at ``/ui/`` (:mod:`autostep.gateway.http.webui`).
+Endpoints are synchronous and call the core as the RPC service does;
+FastAPI runs them in its thread pool. The hottest read
 (``GET /jobs/{id}``) runs on the event loop instead, on a pool of async
 connections (:mod:`autostep.gateway.http.reads`). This process never
 imports eventlet or nameko (an import contract checks it).
@@ -54,6 +55,7 @@ from autostep.gateway.http.routes import (
     triggers,
     workflows,
 )
+from autostep.gateway.http.webui import install_web_ui
 from autostep.gateway.live import events_hub
 from autostep.settings import Settings, amqp_params, get_settings
 
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, max_bytes=settings.max_payload_bytes)
     app.add_middleware(RequestMetrics)
     _health(app, settings)
+    install_web_ui(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -57,6 +57,7 @@ def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
     assert '"values": [144, 233, 377]' in output  # fibo(12), fibo(13), fibo(14)
     url = f"http://127.0.0.1:{port}"
     assert f"REST API at {url}/ (docs: {url}/docs)" in output, output
+    assert f"web UI at {url}/ui/" in output, output
     assert docs_served
     assert "scheduler (pid" in output, output
     # relay, functions, the HTTP gateway, the RPC gateway, the local scheduler

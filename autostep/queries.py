@@ -174,8 +174,7 @@ def _job_with_processes(
     Rows, not ORM objects: a read that builds no objects costs a fraction of
     the CPU. A process row carries the database's time (``now``) and, when
     queued, its function's last runner heartbeat (``last_seen``), so that
-    :func:`_waiting` needs no query of its own. A process's input is not
-    read: the views do not show it.
+    :func:`_waiting` needs no query of its own.
     """
     rows = session.execute(
         _JOB_WITH_TOP if top_only else _JOB_WITH_ALL, {"job_id": _job_key(job_id)}
@@ -222,11 +221,23 @@ _SHOWN_COLUMNS = [
     if column.key
     in {
         *("id", "job_id", "parent_id", "kind", "step", "function", "item_index", "status"),
-        *("attempt", "error", "output", "reused_from", "version", "started_at", "finished_at"),
+        *("attempt", "error", "input", "output", "reused_from", "version"),
+        *("started_at", "finished_at"),
     }
 ]
 _JOB_WITH_ALL = _job_statement(top_only=False)
 _JOB_WITH_TOP = _job_statement(top_only=True)
+
+
+def _process_view(process: Any, waiting: str | None) -> dict[str, Any]:
+    """A process as :func:`job_tree` and :func:`process_children` show it: with its input.
+
+    The input (what its function was called with, after the step's input
+    mapping) never changes, so ``process.updated`` events leave it out, and
+    so does :func:`job_view`, the websocket's snapshot, which a follower
+    updates with those events.
+    """
+    return {**process_event(process, waiting), "input": process.input}
 
 
 def _waiting(row: Row[Any, Any]) -> str | None:
@@ -386,11 +397,11 @@ def _tree(
 ) -> dict[str, Any]:
     processes = []
     for process in top:
-        view = process_event(process, _waiting(process))
+        view = _process_view(process, _waiting(process))
         if process.id in pages:
             items, total, following = pages[process.id]
             view["children"] = {
-                "items": [process_event(c, waiting.get(c.function)) for c in items],
+                "items": [_process_view(c, waiting.get(c.function)) for c in items],
                 "total": total,
                 "next": following,
             }
@@ -422,7 +433,7 @@ def process_children(
         session, {c.function for c in items if c.status == ProcessStatus.QUEUED}
     )
     return {
-        "items": [process_event(c, waiting.get(c.function)) for c in items],
+        "items": [_process_view(c, waiting.get(c.function)) for c in items],
         "total": total,
         "next": following,
     }

@@ -202,6 +202,11 @@ class ProcessOut(BaseModel):
     status: ProcessStatusName
     attempt: int
     error: str | None
+    input: Any = Field(
+        default=None,
+        description="What the step's function was called with (after the step's input "
+        "mapping); a fan-out parent's is the input its items were taken from.",
+    )
     output: dict[str, Any] | None
     reused_from: uuid.UUID | None
     version: int

@@ -310,6 +310,7 @@ def test_a_run_started_over_rest_finishes_and_jobs_list_page_by_page(
         ("first", "succeeded"),
         ("second", "succeeded"),
     ]
+    assert job["processes"][0]["input"] == {"n": 10}  # what the function was called with
     # the gateway reads a job on its event loop with the core's statement: it answers
     # exactly what the core's own read (the RPC service's and the CLI's) gives
     with unit_of_work(session_factory) as session:

@@ -1111,6 +1111,11 @@ export interface components {
              * Format: uuid
              */
             id: string;
+            /**
+             * Input
+             * @description What the step's function was called with (after the step's input mapping); a fan-out parent's is the input its items were taken from.
+             */
+            input?: unknown;
             /** Item Index */
             item_index: number | null;
             /**

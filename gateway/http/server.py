@@ -29,6 +29,7 @@ def serve(settings: Settings | None = None) -> None:
         loop="asyncio",
         http="httptools",
         lifespan="on",
+        access_log=settings.http_access_log,
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()

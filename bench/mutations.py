@@ -35,7 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Mutation:
-    """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``."""
+    """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``.
+
+    With ``browser``, the web UI is built again from the changed sources (with
+    the checkout's ``ui/node_modules``) and ``tests`` are browser tests, run
+    with their own ``tests/browser/pytest.ini``.
+    """
 
     name: str
     promise: str
@@ -43,6 +48,7 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    browser: bool = False
 
 
 EXACTLY_ONCE = "tests/service/test_exactly_once.py"
@@ -67,8 +73,46 @@ SCHEDULER = "tests/service/test_scheduler_local.py"
 SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
 WEB_UI = "tests/e2e/test_webui.py"
 OPENAPI_COMMITTED = "tests/unit/test_openapi_committed.py"
+BROWSER_RUNS = "tests/browser/test_runs.py"
+BROWSER_JOB = "tests/browser/test_job_page.py"
 
 MUTATIONS = (
+    Mutation(
+        "job-page-items-not-live",
+        "a fan-out's items on the job page follow the job's websocket events",
+        "ui/src/pages/FanoutItems.tsx",
+        "process={withLive(child, live)}",
+        "process={child}",
+        (BROWSER_JOB,),
+        browser=True,
+    ),
+    Mutation(
+        "job-page-skips-an-item",
+        "the job page pages through a fan-out's items in item order, none left out",
+        "ui/src/pages/FanoutItems.tsx",
+        "setAfters((a) => [...a, next])",
+        "setAfters((a) => [...a, next + 1])",
+        (BROWSER_JOB,),
+        browser=True,
+    ),
+    Mutation(
+        "job-page-no-input",
+        "the job page shows each process's input",
+        "ui/src/pages/ProcessRow.tsx",
+        '<td>{"input" in p ? <Collapsed what="input" value={p.input} of={name} /> : null}</td>',
+        "<td />",
+        (BROWSER_RUNS,),
+        browser=True,
+    ),
+    Mutation(
+        "dark-theme-low-contrast",
+        "the dark theme's text has enough contrast (axe runs in both themes)",
+        "ui/src/styles.css",
+        "    --link: #8ab8ff;\n",
+        "    --link: #0b57b0;\n",
+        (BROWSER_RUNS,),
+        browser=True,
+    ),
     Mutation(
         "web-ui-no-deep-links",
         "a deep link into the web UI loads the app, whose router draws the page",
@@ -727,8 +771,16 @@ def _copy(tree: Path) -> None:
         ROOT,
         tree,
         symlinks=True,
-        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".*_cache", "*.egg-info"),
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", ".*_cache", "*.egg-info", "node_modules"
+        ),
     )
+
+
+def _build_ui(tree: Path) -> None:
+    """Build the web UI of ``tree`` from its sources, with the checkout's node_modules."""
+    (tree / "ui" / "node_modules").symlink_to(ROOT / "ui" / "node_modules")
+    subprocess.run(["npm", "run", "build"], cwd=tree / "ui", check=True, capture_output=True)
 
 
 def _apply(tree: Path, mutation: Mutation) -> None:
@@ -739,12 +791,15 @@ def _apply(tree: Path, mutation: Mutation) -> None:
     path.write_text(text.replace(mutation.old, mutation.new))
 
 
-def _pytest(tree: Path, tests: tuple[str, ...]) -> tuple[bool, float, str]:
+def _pytest(
+    tree: Path, tests: tuple[str, ...], *, browser: bool = False
+) -> tuple[bool, float, str]:
     """Run ``tests`` in ``tree``; (passed, seconds, last lines of output)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    config = ("-c", "tests/browser/pytest.ini") if browser else ("-p", "no:cacheprovider")
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        [sys.executable, "-m", "pytest", "-q", "-x", *config, *tests],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -768,22 +823,26 @@ def main() -> int:
         if args.clean:
             tree = Path(scratch) / "clean"
             _copy(tree)
-            tests = tuple(sorted({t for m in chosen for t in m.tests}))
-            for run in range(1, args.clean + 1):
-                passed, seconds, tail = _pytest(tree, tests)
-                failures += not passed
-                print(f"clean run {run}: {'passed' if passed else 'FAILED'} in {seconds:.0f}s")
-                if args.verbose or not passed:
-                    print(tail)
+            for browser in (False, True):  # the browser tests run apart, with their own config
+                tests = tuple(sorted({t for m in chosen if m.browser == browser for t in m.tests}))
+                for run in range(1, args.clean + 1) if tests else ():
+                    passed, seconds, tail = _pytest(tree, tests, browser=browser)
+                    failures += not passed
+                    outcome = "passed" if passed else "FAILED"
+                    print(f"clean run {run}{' (browser)' * browser}: {outcome} in {seconds:.0f}s")
+                    if args.verbose or not passed:
+                        print(tail)
             return 1 if failures else 0
         print(f"{'breakage':30} {'caught':>7}  promise / tests")
         for mutation in chosen:
             tree = Path(scratch) / mutation.name
             _copy(tree)
             _apply(tree, mutation)
+            if mutation.browser:
+                _build_ui(tree)
             caught = 0
             for _ in range(args.times):
-                passed, seconds, tail = _pytest(tree, mutation.tests)
+                passed, seconds, tail = _pytest(tree, mutation.tests, browser=mutation.browser)
                 caught += not passed
                 if args.verbose:
                     outcome = "passed" if passed else "failed"

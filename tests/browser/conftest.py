@@ -8,8 +8,9 @@ fixtures of ``tests/conftest.py``) and starts ``autostep relay``, ``autostep
 functions run`` (the built-ins and ``tests.stepfuncs``) and ``autostep gateway
 run`` as subprocesses, as the end-to-end tests do. The browser is Debian's
 ``chromium`` (``AUTOSTEP_CHROMIUM`` overrides the path); Playwright never
-downloads one. Screenshots of each page go to ``tests/browser/artifacts/``,
-and each page is checked by axe-core for serious and critical violations.
+downloads one. Screenshots of each page, in the light and the dark theme, go
+to ``tests/browser/artifacts/``, and each page is checked by axe-core in both
+themes for serious and critical violations.
 """
 
 from __future__ import annotations
@@ -147,15 +148,25 @@ def page(browser: Browser, platform: str) -> Iterator[Page]:
 
 
 def snapshot(page: Page, name: str) -> None:
-    """Save a screenshot of ``page`` as ``artifacts/<name>.png``; fail on serious axe findings."""
+    """Screenshots of ``page`` in the light and dark themes; fail on serious axe findings in either.
+
+    The screenshots go to ``artifacts/<name>.png`` and ``artifacts/<name>-dark.png``; the
+    dark theme is the system's (``prefers-color-scheme: dark``), which the page follows
+    unless a theme was chosen in its header.
+    """
     from axe_playwright_python.sync_playwright import Axe
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    results: Any = Axe().run(page)
-    blocking = [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v.get("impact") in BLOCKING
-    ]
+    blocking: list[str] = []
+    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+        page.emulate_media(color_scheme=scheme)
+        page.screenshot(path=str(ARTIFACTS / f"{name}{suffix}.png"), full_page=True)
+        results: Any = Axe().run(page)
+        blocking += [
+            f"{scheme}: {v['id']} ({v['impact']}): {v['help']} at "
+            f"{[n['target'] for n in v['nodes']][:3]}"
+            for v in results.response["violations"]
+            if v.get("impact") in BLOCKING
+        ]
+    page.emulate_media(color_scheme="light")
     assert not blocking, f"accessibility of {name}: " + "; ".join(blocking)

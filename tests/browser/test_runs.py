@@ -4,7 +4,8 @@
   editor; a bad CEL condition is shown on its field, both by the live check
   and by a refused publish; the fixed draft publishes.
 - A run started from the UI goes from running to succeeded in the grid and
-  in the job's graph without a reload (the page's state survives).
+  in the job's graph without a reload (the page's state survives); the job
+  page shows each process's input and a fan-out's items.
 - A run that failed at a gated step is rerun from the job page once the gate
   is open: the step before it is reused and the new run succeeds.
 """
@@ -125,7 +126,17 @@ def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     expect(page.locator(".react-flow__node[data-id=small]")).not_to_have_class(
         re.compile(r"\bnode-(queued|running|succeeded|failed|cancelled)\b")
     )
-    expect(page.locator("[data-testid=processes] tr[data-step=fan]")).to_have_count(4)
+    expect(page.locator("[data-testid=processes] tr[data-step=fan]")).to_have_count(1)
+    items = page.get_by_test_id("items-fan")
+    expect(items.get_by_test_id("items-range")).to_have_text("Items 1\N{EN DASH}3 of 3")
+    expect(items.locator("tbody tr[data-step=fan] [data-status=succeeded]")).to_have_count(3)
+    # each process shows the input its function was called with, folded
+    items.locator("tr[data-item='1']").get_by_text("input", exact=True).click()
+    expect(page.get_by_label("input of fan [1]")).to_contain_text('"k": 2')
+    page.locator("[data-testid=processes] tr[data-step=seed]").get_by_text(
+        "input", exact=True
+    ).click()
+    expect(page.get_by_label("input of seed")).to_contain_text('"n": 5')
     snapshot(page, "job")
     expect(row.locator("[data-status=succeeded]")).to_be_visible(timeout=RUN_MS)
     assert grid.evaluate("window.__kept") is True  # no reload happened

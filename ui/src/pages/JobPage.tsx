@@ -1,12 +1,22 @@
-// One run: its processes (outputs, errors, attempts, timings), the graph of
-// its version coloured by each step's live status, cancel and rerun.
+// One run: its processes (inputs, outputs, errors, attempts, timings), each
+// fan-out's items page by page, the graph of its version coloured by each
+// step's live status, cancel and rerun. Read over REST, kept live by the
+// job's websocket topic.
 import { useMutation, useQuery } from "@tanstack/react-query";
-import { useMemo } from "react";
+import { useEffect, useMemo } from "react";
 import { Link, useNavigate, useParams } from "react-router";
-import { api, unwrap } from "../api/client";
-import { useLive, type Row } from "../api/live";
+import { api, unwrap, type ProcessOut } from "../api/client";
+import { useLive } from "../api/live";
 import { ErrorMessage, Json, Loading, Status, shortId, when } from "../components/ui";
 import { WorkflowGraph } from "../graph/WorkflowGraph";
+import { FanoutItems } from "./FanoutItems";
+import { ProcessRow, withLive } from "./ProcessRow";
+
+/** A fan-out's name on the page: its step, and which run of it when there are more. */
+function runOf(parent: ProcessOut, fanouts: ProcessOut[]): string {
+  const runs = fanouts.filter((p) => p.step === parent.step);
+  return runs.length > 1 ? `${parent.step} (run ${runs.indexOf(parent) + 1})` : parent.step;
+}
 
 function useVersionSteps(workflowId: string, versionId: string) {
   return useQuery({
@@ -31,31 +41,52 @@ function useVersionSteps(workflowId: string, versionId: string) {
 }
 
 /** Each step's status: its newest top-level process (a fan-out's parent stands for it). */
-function stepStatuses(processes: Row[]): Record<string, string> {
-  const newest: Record<string, Row> = {};
+function stepStatuses(processes: ProcessOut[]): Record<string, string> {
+  const newest: Record<string, ProcessOut> = {};
   for (const p of processes) {
-    if (p.parent_id) continue;
-    const step = String(p.step);
-    const held = newest[step];
-    if (!held || String(p.started_at ?? "") >= String(held.started_at ?? "")) newest[step] = p;
+    const held = newest[p.step];
+    if (!held || String(p.started_at ?? "") >= String(held.started_at ?? "")) newest[p.step] = p;
   }
-  return Object.fromEntries(Object.entries(newest).map(([step, p]) => [step, String(p.status)]));
+  return Object.fromEntries(Object.entries(newest).map(([step, p]) => [step, p.status]));
+}
+
+/**
+ * The job read over REST (inputs, each fan-out's first items) with the newer
+ * state its websocket topic holds. A top-level process the read does not have
+ * yet is shown from the websocket and the job read again, for its input and
+ * items.
+ */
+function useJob(jobId: string) {
+  const live = useLive(useMemo(() => [`job:${jobId}`], [jobId]));
+  const detail = useQuery({
+    queryKey: ["job", jobId],
+    queryFn: async () =>
+      unwrap(await api.GET("/jobs/{job_id}", { params: { path: { job_id: jobId } } })),
+  });
+  const read = detail.data;
+  const held = live.jobs.get(jobId);
+  const job = read && held && held.version > read.version ? { ...read, ...held } : (read ?? held);
+  const processes = useMemo(() => {
+    const shown = (read?.processes ?? []).map((p) => withLive(p, live.processes));
+    const known = new Set(shown.map((p) => p.id));
+    const unread = [...live.processes.values()].filter((p) => !p.parent_id && !known.has(p.id));
+    return {
+      shown: [...shown, ...(unread as unknown as ProcessOut[])],
+      unread: unread.map((p) => p.id).join(" "),
+    };
+  }, [read, live.processes]);
+  const { refetch } = detail;
+  const ready = Boolean(read);
+  useEffect(() => {
+    if (ready && processes.unread) void refetch();
+  }, [ready, processes.unread, refetch]);
+  return { job, processes: processes.shown, live, error: detail.error ?? live.error };
 }
 
 export function JobPage() {
   const { jobId = "" } = useParams();
   const navigate = useNavigate();
-  const live = useLive(useMemo(() => [`job:${jobId}`], [jobId]));
-  const job = live.jobs.get(jobId);
-  const processes = useMemo(
-    () =>
-      [...live.processes.values()].sort(
-        (a, b) =>
-          String(a.started_at ?? "~").localeCompare(String(b.started_at ?? "~")) ||
-          Number(a.item_index ?? -1) - Number(b.item_index ?? -1),
-      ),
-    [live.processes],
-  );
+  const { job, processes, live, error } = useJob(jobId);
   const statuses = useMemo(() => stepStatuses(processes), [processes]);
   const version = useVersionSteps(String(job?.workflow_id ?? ""), String(job?.version_id ?? ""));
   const cancel = useMutation({
@@ -71,10 +102,11 @@ export function JobPage() {
     return (
       <>
         <h1>Run {shortId(jobId)}</h1>
-        {live.error ? <ErrorMessage error={live.error} /> : <Loading what="the run" />}
+        {error ? <ErrorMessage error={error} /> : <Loading what="the run" />}
       </>
     );
   }
+  const fanouts = processes.filter((p) => p.kind === "fanout");
   const status = String(job.status);
   return (
     <>
@@ -141,38 +173,25 @@ export function JobPage() {
                 <th scope="col">Attempt</th>
                 <th scope="col">Started</th>
                 <th scope="col">Finished</th>
+                <th scope="col">Input</th>
                 <th scope="col">Output or error</th>
               </tr>
             </thead>
             <tbody>
               {processes.map((p) => (
-                <tr key={p.id} data-step={String(p.step)}>
-                  <td>
-                    {String(p.step)}
-                    {p.item_index != null ? ` [${String(p.item_index)}]` : ""}
-                    {p.reused_from ? " (reused)" : ""}
-                  </td>
-                  <td>{String(p.function)}</td>
-                  <td>
-                    <Status status={String(p.status)} />
-                    {p.waiting ? <div className="muted">{String(p.waiting)}</div> : null}
-                  </td>
-                  <td>{String(p.attempt)}</td>
-                  <td>{when(p.started_at)}</td>
-                  <td>{when(p.finished_at)}</td>
-                  <td>
-                    {p.error ? <span className="error-text">{String(p.error)}</span> : null}
-                    {p.output != null ? (
-                      <details>
-                        <summary>output</summary>
-                        <Json value={p.output} label={`output of ${String(p.step)}`} />
-                      </details>
-                    ) : null}
-                  </td>
-                </tr>
+                <ProcessRow key={p.id} process={p} />
               ))}
             </tbody>
           </table>
+          {fanouts.map((p) => (
+            <FanoutItems
+              key={p.id}
+              jobId={jobId}
+              parent={p}
+              live={live.processes}
+              label={runOf(p, fanouts)}
+            />
+          ))}
           <h2>Input</h2>
           <Json value={job.input} label="input of the run" />
           {job.output != null ? (

@@ -21,13 +21,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from autostep import idempotency
 from autostep.gateway.http.reads import AsyncReads
 
-__all__ = ["Database", "ReadDatabase", "async_reads", "database", "read_database"]
+__all__ = [
+    "Database",
+    "IdempotencyKey",
+    "ReadDatabase",
+    "async_reads",
+    "database",
+    "read_database",
+]
 
 
 async def database(request: Request) -> sessionmaker[Session]:
@@ -54,3 +62,16 @@ def async_reads(request: Request) -> AsyncReads:
     """The app's pool for reads on the event loop (called directly: no dependency to solve)."""
     reads: AsyncReads = request.app.state.async_reads
     return reads
+
+
+#: An endpoint parameter: the ``Idempotency-Key`` header of a start (:mod:`autostep.idempotency`).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        min_length=1,
+        max_length=200,
+        description="The same key (per workflow, for 24 h) starts one job; "
+        "sent again it answers 200 with that job. With another body: 422.",
+    ),
+]

@@ -34,35 +34,9 @@ from autostep import queries
 from autostep.db import unit_of_work
 from autostep.gateway.http.schemas import JobDetail
 from tests.e2e.conftest import REPO_ROOT, Gateway, ManagedProcess, free_port
+from tests.e2e.http_checks import PROBLEM, _ok, _problem, _until
 
 pytestmark = pytest.mark.e2e
-
-PROBLEM = "application/problem+json"
-#: Seconds a test waits for a run to reach a state.
-RUN_TIMEOUT = 60.0
-
-
-def _until(condition: Callable[[], Any], timeout: float = RUN_TIMEOUT) -> Any:
-    """Poll ``condition`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-    return value
-
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert "Traceback" not in response.text and "SELECT" not in response.text
-    return problem
 
 
 def _fields(problem: dict[str, Any]) -> list[tuple[str | None, str]]:

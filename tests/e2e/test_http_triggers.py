@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,13 +22,11 @@ from sqlalchemy import text
 
 from autostep.db import unit_of_work
 from tests.e2e.conftest import Gateway, ManagedProcess
+from tests.e2e.http_checks import _ok, _problem, _until
 
 pytestmark = pytest.mark.e2e
 
-PROBLEM = "application/problem+json"
 TOKEN = "X-Autostep-Token"
-#: Seconds a test waits for a run to finish.
-RUN_TIMEOUT = 60.0
 #: Webhook calls sent at once with one Idempotency-Key.
 RACING_CALLS = 6
 
@@ -41,28 +37,6 @@ CHAIN = {
         {"name": "second", "function": "noop"},
     ],
 }
-
-
-def _until(condition: Callable[[], Any], timeout: float = RUN_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-    return value
-
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert "Traceback" not in response.text and "SELECT" not in response.text
-    return problem
 
 
 def _fields(problem: dict[str, Any]) -> list[str]:

@@ -18,14 +18,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response, Security, status
+from fastapi import APIRouter, Request, Response, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep import idempotency, webhooks
+from autostep import webhooks
 from autostep.db import unit_of_work
-from autostep.gateway.http.deps import Database
+from autostep.gateway.http.deps import Database, IdempotencyKey
 from autostep.gateway.http.problems import problem_responses
 from autostep.gateway.http.schemas import HookAccepted
 
@@ -63,16 +63,7 @@ async def call_webhook(
     response: Response,
     db: Database,
     token: Annotated[str | None, Security(_token)] = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias=idempotency.HEADER,
-            min_length=1,
-            max_length=200,
-            description="The same key (per workflow, for 24 h) starts one job; "
-            "sent again it answers 200 with that job. With another body: 422.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> HookAccepted:
     """Start a run of the webhook trigger's workflow with the JSON body.
 

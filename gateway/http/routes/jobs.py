@@ -15,14 +15,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
 from sqlalchemy import Engine
 
 from autostep import catalog, idempotency, queries, runs
 from autostep.db import unit_of_work
-from autostep.gateway.http.deps import Database, async_reads, read_database
+from autostep.gateway.http.deps import Database, IdempotencyKey, async_reads, read_database
 from autostep.gateway.http.problems import problem_responses
 from autostep.gateway.http.schemas import (
     ChildrenPage,
@@ -56,16 +56,7 @@ def start_job(
     body: JobStart,
     db: Database,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias=idempotency.HEADER,
-            min_length=1,
-            max_length=200,
-            description="The same key (per workflow, for 24 h) starts one job; "
-            "sent again it answers 200 with that job. With another body: 422.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobDetail:
     """Start a run of the workflow (its newest version unless ``version``).
 

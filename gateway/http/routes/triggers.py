@@ -18,13 +18,13 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
-from autostep import catalog, firing, idempotency, queries, triggers
+from autostep import catalog, firing, queries, triggers
 from autostep.db import unit_of_work
 from autostep.exceptions import InvalidInput, NotFoundError
-from autostep.gateway.http.deps import Database
+from autostep.gateway.http.deps import Database, IdempotencyKey
 from autostep.gateway.http.problems import problem_responses
 from autostep.gateway.http.schemas import (
     JobDetail,
@@ -177,16 +177,7 @@ def fire_trigger(
     db: Database,
     response: Response,
     body: ManualFire | None = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias=idempotency.HEADER,
-            min_length=1,
-            max_length=200,
-            description="The same key (per workflow, for 24 h) starts one job; "
-            "sent again it answers 200 with that job. With another body: 422.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobDetail:
     """Start a run from a manual trigger: its preset input, updated with ``input``.
 

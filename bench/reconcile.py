@@ -41,10 +41,10 @@ CHANGES = 100
 def _targets(count: int) -> list[CronTarget]:
     return [
         CronTarget(
-            trigger_id=uuid.uuid4(),
+            id=uuid.uuid4(),
             project_id=uuid.uuid4(),
             workflow_id=uuid.uuid4(),
-            trigger_name=f"trigger-{i}",
+            name=f"trigger-{i}",
             schedule=f"{i % 60} * * * *",
             time_zone="UTC",
             concurrency="forbid",

@@ -1,7 +1,8 @@
 """The CronJob a cron trigger becomes: desired state, as a plain manifest.
 
-First stage of the Kubernetes backend: :mod:`autostep.scheduler.targets`
-reads the enabled and disabled cron triggers as :class:`CronTarget` values,
+First stage of the Kubernetes backend: :func:`autostep.triggers.cron_targets`
+reads the enabled and disabled cron triggers (:class:`CronTarget`, the core's
+row of each),
 :func:`desired_cronjob` turns each into the manifest of one CronJob, and
 :mod:`autostep.scheduler.reconcile` makes the cluster match those manifests.
 Nothing here talks to a cluster; a manifest is a ``dict`` that could be
@@ -34,11 +35,10 @@ Facts the manifest relies on:
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from autostep.settings import Settings
+from autostep.triggers import CronTriggerRow
 
 __all__ = [
     "COMPONENT",
@@ -65,21 +65,8 @@ _ID_CHARS = 10
 _CONCURRENCY = {"allow": "Allow", "forbid": "Forbid", "replace": "Replace"}
 
 
-@dataclass(frozen=True)
-class CronTarget:
-    """What the scheduler needs to know of one cron trigger."""
-
-    trigger_id: uuid.UUID
-    project_id: uuid.UUID
-    workflow_id: uuid.UUID
-    trigger_name: str
-    schedule: str
-    time_zone: str
-    #: ``allow``, ``forbid`` or ``replace``.
-    concurrency: str
-    starting_deadline_seconds: int | None
-    enabled: bool
-    version: int
+#: What the scheduler needs to know of one cron trigger: the core's row of it.
+CronTarget = CronTriggerRow
 
 
 def cronjob_name(target: CronTarget) -> str:
@@ -89,9 +76,9 @@ def cronjob_name(target: CronTarget) -> str:
     characters; two triggers get two names (the id part), and a person
     reading ``kubectl get cronjobs`` sees which trigger is which.
     """
-    suffix = "-" + target.trigger_id.hex[:_ID_CHARS]
+    suffix = "-" + target.id.hex[:_ID_CHARS]
     room = MAX_NAME_LENGTH - len(_PREFIX) - len(suffix)
-    slug = re.sub(r"[^a-z0-9]+", "-", target.trigger_name.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", target.name.lower()).strip("-")
     slug = slug[:room].rstrip("-")
     return f"{_PREFIX}{slug}{suffix}" if slug else f"{_PREFIX}{suffix[1:]}"
 
@@ -101,7 +88,7 @@ def _labels(target: CronTarget) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "autostep",
         "app.kubernetes.io/component": COMPONENT,
-        TRIGGER_ID_LABEL: str(target.trigger_id),
+        TRIGGER_ID_LABEL: str(target.id),
     }
 
 
@@ -111,7 +98,7 @@ def _container(target: CronTarget, settings: Settings) -> dict[str, Any]:
         "image": settings.image,
         "imagePullPolicy": settings.scheduler_image_pull_policy,
         "command": ["autostep"],
-        "args": ["fire", "--trigger", str(target.trigger_id)],
+        "args": ["fire", "--trigger", str(target.id)],
         "env": [
             {"name": "AUTOSTEP_IMAGE", "value": settings.image},
             {

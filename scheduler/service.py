@@ -3,7 +3,7 @@
 Thin: on every ``trigger.changed`` event (published by the relay on the
 ``autostep.events`` topic exchange from the outbox row each trigger write
 commits) and every ``AUTOSTEP_SCHEDULER_RESYNC_SECONDS`` (default 60), it
-reads all cron triggers (:func:`autostep.scheduler.targets.load_targets`)
+reads all cron triggers (:func:`autostep.triggers.cron_targets`)
 and reconciles them with the namespace's CronJobs
 (:func:`autostep.scheduler.reconcile.reconcile`). Each run is a full one, so
 a lost or reordered event costs nothing but the wait for the next resync.
@@ -28,9 +28,9 @@ from autostep.exceptions import InfrastructureError
 from autostep.scheduler.cronjobs import desired_cronjob
 from autostep.scheduler.kube import KubeClient
 from autostep.scheduler.reconcile import Summary, reconcile
-from autostep.scheduler.targets import load_targets
 from autostep.settings import get_settings
 from autostep.topology import EVENTS_EXCHANGE
+from autostep.triggers import cron_targets
 
 __all__ = ["TRIGGER_EVENTS_QUEUE", "SchedulerService", "sync"]
 
@@ -55,7 +55,7 @@ def sync(factory: sessionmaker[Session], client: KubeClient) -> Summary:
     """Reconcile every cron trigger with the CronJobs of the scheduler's namespace."""
     settings = get_settings()
     with unit_of_work(factory) as session:
-        targets = load_targets(session)
+        targets = cron_targets(session)
     desired = [desired_cronjob(target, settings) for target in targets]
     summary = reconcile(client, desired, settings.scheduler_namespace)
     if summary.writes or summary.failed:

@@ -51,10 +51,10 @@ def client(api_server: FakeApiServer, cluster: FakeCluster) -> Iterator[KubeClie
 
 def target(name: str = "nightly", **changes: Any) -> CronTarget:
     made = CronTarget(
-        trigger_id=uuid.uuid4(),
+        id=uuid.uuid4(),
         project_id=uuid.uuid4(),
         workflow_id=uuid.uuid4(),
-        trigger_name=name,
+        name=name,
         schedule="0 3 * * *",
         time_zone="UTC",
         concurrency="allow",
@@ -107,7 +107,7 @@ def test_a_renamed_trigger_keeps_its_cronjob(client: KubeClient, cluster: FakeCl
     a = target("old-name")
     reconcile(client, manifests([a]), NAMESPACE, backoff=no_wait())
     summary = reconcile(
-        client, manifests([replace(a, trigger_name="new-name")]), NAMESPACE, backoff=no_wait()
+        client, manifests([replace(a, name="new-name")]), NAMESPACE, backoff=no_wait()
     )
     assert summary.writes == 0
     assert set(cluster.cronjobs(NAMESPACE)) == {cronjob_name(a)}

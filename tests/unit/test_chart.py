@@ -340,10 +340,10 @@ def scheduler_settings(objects: list[dict[str, Any]], monkeypatch: pytest.Monkey
 
 def cron_target() -> CronTarget:
     return CronTarget(
-        trigger_id=uuid.UUID("01234567-89ab-cdef-0123-456789abcdef"),
+        id=uuid.UUID("01234567-89ab-cdef-0123-456789abcdef"),
         project_id=uuid.uuid4(),
         workflow_id=uuid.uuid4(),
-        trigger_name="Nightly report",
+        name="Nightly report",
         schedule="30 2 * * MON-FRI",
         time_zone="Europe/Berlin",
         concurrency="forbid",

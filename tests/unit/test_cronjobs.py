@@ -24,10 +24,10 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 def target(**changes: object) -> CronTarget:
     base = CronTarget(
-        trigger_id=uuid.UUID("0123456789abcdef0123456789abcdef"),
+        id=uuid.UUID("0123456789abcdef0123456789abcdef"),
         project_id=uuid.uuid4(),
         workflow_id=uuid.uuid4(),
-        trigger_name="nightly-report",
+        name="nightly-report",
         schedule="0 3 * * *",
         time_zone="Europe/Paris",
         concurrency="forbid",
@@ -43,11 +43,11 @@ def target(**changes: object) -> CronTarget:
     ["nightly-report", "x" * 200, "Ünïcode & Spaces__", "---", "a" * 37 + "-b", "UPPER.case"],
 )
 def test_name_is_a_short_dns_label_tied_to_the_trigger(name: str) -> None:
-    made = cronjob_name(target(trigger_name=name))
+    made = cronjob_name(target(name=name))
     assert len(made) <= MAX_NAME_LENGTH
     assert DNS_LABEL.match(made), made
     assert made.startswith("as-") and made.endswith("-0123456789")
-    assert made == cronjob_name(target(trigger_name=name, version=9, enabled=False))
+    assert made == cronjob_name(target(name=name, version=9, enabled=False))
 
 
 def test_name_shows_the_trigger_name() -> None:

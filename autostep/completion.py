@@ -42,7 +42,7 @@ from autostep.messages import StepMessage
 from autostep.models import JobStatus, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
-__all__ = ["Completed", "budget_spent", "complete", "step_input"]
+__all__ = ["Completed", "check_budget", "complete", "step_input"]
 
 #: Lock the job, then the process; the job's row is locked before the
 #: process's is read for update, whatever plan PostgreSQL picks.
@@ -180,8 +180,7 @@ def _next(
                 target = version.step(transition.to)
                 if target.for_each is not None:
                     return None
-                if job.steps >= version.max_steps:
-                    raise PermanentError(budget_spent(job.steps))
+                check_budget(job.steps, version)
                 data = step_input(target, version.field(target.name), job.input, output)
                 return _Next(target, data, None)
     except PermanentError as exc:
@@ -325,12 +324,17 @@ def step_input(
     return {**flowing, **step.config}
 
 
-def budget_spent(steps: int) -> str:
-    """The error of a job that would enter more than ``max_steps`` steps."""
-    return (
-        f"step budget spent: {steps} steps entered, the workflow's max_steps; "
-        f"does a loop never end?"
-    )
+def check_budget(steps: int, version: CompiledVersion) -> None:
+    """:class:`PermanentError` when a job that entered ``steps`` steps may enter no more.
+
+    A job may enter at most the workflow's ``max_steps`` steps, so a loop
+    whose condition never turns ends the job with an error.
+    """
+    if steps >= version.max_steps:
+        raise PermanentError(
+            f"step budget spent: {steps} steps entered, the workflow's max_steps; "
+            f"does a loop never end?"
+        )
 
 
 def _driver(session: Session) -> psycopg.Connection[Any]:

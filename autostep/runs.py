@@ -51,7 +51,7 @@ from autostep.catalog import (
     load_version,
     lock_active_workflow,
 )
-from autostep.completion import Completed, budget_spent, step_input
+from autostep.completion import Completed, check_budget, step_input
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
@@ -70,10 +70,6 @@ __all__ = [
     "rerun_job",
     "start_job",
 ]
-
-
-class _CannotEnter(PermanentError):
-    """The next step cannot be entered: the job fails, the step before stays succeeded."""
 
 
 def start_job(
@@ -402,8 +398,7 @@ def _enter_step(
     :class:`PermanentError` (a bad expression, the step budget spent)
     leaves no row behind.
     """
-    if job.steps >= version.max_steps:
-        raise _CannotEnter(budget_spent(job.steps))
+    check_budget(job.steps, version)
     job.steps += 1
     where = version.field(step.name)
     waiting = registry.waiting_reason(session, step.function)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Row
 
 from autostep.models import Job, Process, ProcessStatus
 
-__all__ = ["JobFields", "job_event", "process_event"]
+__all__ = ["JobFields", "ProcessFields", "job_event", "process_event"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -43,6 +43,26 @@ class JobFields(NamedTuple):
     created_at: datetime
 
 
+class ProcessFields(NamedTuple):
+    """A process's columns as the runner's completion reads them (:mod:`autostep.completion`)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    parent_id: uuid.UUID | None
+    kind: str
+    step: str
+    function: str
+    item_index: int | None
+    status: str
+    attempt: int
+    error: str | None
+    output: dict[str, Any] | None
+    reused_from: uuid.UUID | None
+    version: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 def job_event(job: Job | JobFields) -> dict[str, Any]:
     """The payload of ``job.updated``: the job as the grid shows it."""
     return {
@@ -60,7 +80,9 @@ def job_event(job: Job | JobFields) -> dict[str, Any]:
     }
 
 
-def process_event(process: Process | Row[Any, Any], waiting: str | None = None) -> dict[str, Any]:
+def process_event(
+    process: Process | ProcessFields | Row[Any, Any], waiting: str | None = None
+) -> dict[str, Any]:
     """The payload of ``process.updated``; ``waiting``: why a queued process waits."""
     finished = ProcessStatus(process.status).finished
     return {

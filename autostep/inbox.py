@@ -30,15 +30,13 @@ class Claim(NamedTuple):
     attempt: int | None
 
 
-_CLAIM = text(
-    """
+_CLAIM = """
     WITH seen AS (
-        INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
+        INSERT INTO inbox (consumer, message_id) VALUES (%(consumer)s, %(message_id)s)
         ON CONFLICT DO NOTHING RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
-    FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = :process_id
-    """
-)
+    FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = %(process_id)s
+"""
 _RECORD = text(
     """
     INSERT INTO inbox (consumer, message_id) VALUES (:consumer, :message_id)
@@ -49,11 +47,19 @@ _PRUNE = "DELETE FROM inbox WHERE received_at < now() - make_interval(days => %(
 
 
 def claim(session: Session, consumer: str, message_id: uuid.UUID, process_id: uuid.UUID) -> Claim:
-    """Record a step message for ``consumer`` and read its process, in one statement."""
-    row = session.execute(
-        _CLAIM, {"consumer": consumer, "message_id": message_id, "process_id": process_id}
-    ).one()
-    return Claim(bool(row.fresh), row.status, row.attempt)
+    """Record a step message for ``consumer`` and read its process, in one statement.
+
+    A prepared statement on the session's psycopg connection, in its transaction.
+    """
+    driver = session.connection().connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    params = {"consumer": consumer, "message_id": message_id, "process_id": process_id}
+    with driver.cursor() as cursor:
+        cursor.execute(_CLAIM, params, prepare=True)
+        row = cursor.fetchone()
+    assert row is not None
+    fresh, status, attempt = row
+    return Claim(bool(fresh), status, attempt)
 
 
 def record(session: Session, consumer: str, message_id: uuid.UUID) -> bool:

@@ -43,7 +43,7 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
-from autostep import inbox, registry
+from autostep import completion, inbox, registry
 from autostep.catalog import (
     CompiledVersion,
     get_workflow,
@@ -51,10 +51,11 @@ from autostep.catalog import (
     load_version,
     lock_active_workflow,
 )
+from autostep.completion import Completed, check_budget, step_input
 from autostep.conditions import evaluate, evaluate_condition
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
-from autostep.exceptions import ConflictError, NotFoundError, PermanentError, StaleAttempt
+from autostep.exceptions import ConflictError, NotFoundError, PermanentError
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter, withdraw_steps
@@ -69,10 +70,6 @@ __all__ = [
     "rerun_job",
     "start_job",
 ]
-
-
-class _CannotEnter(PermanentError):
-    """The next step cannot be entered: the job fails, the step before stays succeeded."""
 
 
 def start_job(
@@ -249,15 +246,28 @@ def complete_process(
     """``attempt`` of a process succeeded with ``output``.
 
     Locks the job, then the process, then takes the next step or ends the
-    job. Raises :class:`StaleAttempt` when the attempt was overtaken
-    meanwhile (a retry, or the job was cancelled or failed): the caller rolls
-    back, the function's own writes included. When a transition or the next
+    job. The common cases (a step followed by a plain step or the job's end,
+    a fan-out child that is not the last) take :mod:`autostep.completion`'s
+    two statements; the rest goes through the ORM below. Raises
+    :class:`StaleAttempt` when the attempt was overtaken meanwhile (a retry,
+    or the job was cancelled or failed): the caller rolls back, the
+    function's own writes included. When a transition or the next
     step's input cannot be evaluated, the process keeps its output (its
     function succeeded) and the job fails with that transition's error.
     """
+    done, locked = completion.complete(session, process_id, attempt, output, started_at)
+    if done is Completed.DONE:
+        return
+    if done is Completed.JOIN_PARENT:
+        # this process is written and its parent's count is down to 0: join it
+        assert locked.parent_id is not None
+        job = _lock_job(session, locked.job_id)
+        out = OutboxWriter(session, job.id)
+        version = load_version(session, job.version_id)
+        _join_finished(session, out, job, version, _lock_process(session, locked.parent_id))
+        out.flush()
+        return
     job, process = _lock_job_and_process(session, process_id)
-    if process.attempt != attempt or ProcessStatus(process.status).finished:
-        raise StaleAttempt(f"attempt {attempt} of process {process.id} is stale")
     out = OutboxWriter(session, job.id)
     process.output = output
     process.error = None
@@ -388,16 +398,12 @@ def _enter_step(
     :class:`PermanentError` (a bad expression, the step budget spent)
     leaves no row behind.
     """
-    if job.steps >= version.max_steps:
-        raise _CannotEnter(
-            f"step budget spent: {job.steps} steps entered, the workflow's max_steps; "
-            f"does a loop never end?"
-        )
+    check_budget(job.steps, version)
     job.steps += 1
     where = version.field(step.name)
     waiting = registry.waiting_reason(session, step.function)
     if step.for_each is None:
-        process = _new_process(job, step, _step_input(step, where, job.input, prev))
+        process = _new_process(job, step, step_input(step, where, job.input, prev))
         session.add(process)
         session.flush()
         out.event("process.updated", process.id, process_event(process, waiting))
@@ -408,7 +414,7 @@ def _enter_step(
     if not isinstance(items, list):
         raise PermanentError(f"{where}.for_each: gave {type(items).__name__}, not a list")
     inputs = [
-        _step_input(step, where, job.input, prev, item=item, index=index)
+        step_input(step, where, job.input, prev, item=item, index=index)
         for index, item in enumerate(items)
     ]
     parent = _new_fanout_parent(session, out, job, step, {"items": items}, pending=len(items))
@@ -477,36 +483,6 @@ def _join_finished(
     parent.finished_at = _now()
     _set_process(out, parent, ProcessStatus.SUCCEEDED)
     _advance(session, out, job, version, parent.step, parent.output)
-
-
-def _step_input(
-    step: StepDefinition,
-    where: str,
-    job_input: dict[str, Any],
-    prev: dict[str, Any] | None,
-    *,
-    item: Any = None,
-    index: int | None = None,
-) -> dict[str, Any]:
-    """The input of a step.
-
-    With an ``input`` mapping: the step's config overlaid with the mapped
-    fields. Without: what flows in (the job's input for the start step, the
-    step before's output, or a fan-out item) overlaid with the config.
-    """
-    if step.input is not None:
-        variables: dict[str, Any] = {"input": job_input, "prev": prev or {}}
-        if index is not None:
-            variables.update(item=item, index=index)
-        mapped = {
-            key: evaluate(source, variables, field=f"{where}.input.{key}")
-            for key, source in step.input.items()
-        }
-        return {**step.config, **mapped}
-    if index is not None:
-        return {**step.config, **(item if isinstance(item, dict) else {"item": item})}
-    flowing = job_input if prev is None else prev
-    return {**flowing, **step.config}
 
 
 def _new_process(

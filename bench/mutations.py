@@ -156,18 +156,19 @@ MUTATIONS = (
     Mutation(
         "completion-without-row-lock",
         "per-job order: a job's transactions commit one after another",
-        "autostep/runs.py",
-        "        select(Job).where(Job.id == owner).with_for_update(),\n",
-        "        select(Job).where(Job.id == owner),\n",
+        "autostep/completion.py",
+        "    FROM job WHERE id = (SELECT job_id FROM process WHERE id = %(id)s)\n    FOR UPDATE)",
+        "    FROM job WHERE id = (SELECT job_id FROM process WHERE id = %(id)s))",
         (ORDERING,),
     ),
     Mutation(
         "process-locked-before-its-job",
         "one lock order (the job, then its processes): no deadlock",
-        "autostep/runs.py",
-        "    owner = select(Process.job_id).where(Process.id == process_id).scalar_subquery()\n",
-        "    _lock_process(session, process_id)\n"
-        "    owner = select(Process.job_id).where(Process.id == process_id).scalar_subquery()\n",
+        "autostep/completion.py",
+        "        cursor.execute(_LOCK, {\"id\": process_id}, prepare=True)\n",
+        "        cursor.execute(\"SELECT 1 FROM process WHERE id = %s FOR UPDATE\",\n"
+        "                       (process_id,))\n"
+        "        cursor.execute(_LOCK, {\"id\": process_id}, prepare=True)\n",
         (JOB_CONTROL,),
     ),
     Mutation(
@@ -190,8 +191,8 @@ MUTATIONS = (
     Mutation(
         "no-step-budget",
         "a loop that never ends is stopped by the step budget",
-        "autostep/runs.py",
-        "    if job.steps >= version.max_steps:\n",
+        "autostep/completion.py",
+        "    if steps >= version.max_steps:\n",
         "    if False:\n",
         (JOB_CONTROL,),
     ),

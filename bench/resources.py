@@ -4,7 +4,13 @@
 database and a RabbitMQ vhost (``rabbitmqctl add_vhost``), migrates the
 database, and on the way out (also on Ctrl-C or an error) stops the
 processes it spawned and drops both. :class:`CpuMeter` reads ``/proc`` to
-tell which process was busy while a benchmark ran.
+tell which process was busy while a benchmark ran, and how many milliseconds
+of CPU each spent per step.
+
+The bench's own database connections carry the application name
+:data:`DRIVER_APPNAME` (``PGAPPNAME``, set by :func:`bench_platform`; the
+autostep processes it spawns do not inherit it), so their backends count as
+the load driver's, not as autostep's.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "CpuMeter",
     "Platform",
     "bench_platform",
+    "cpu_per_step",
     "libpq",
     "quiet_imports",
     "rabbitmqctl",
@@ -44,6 +51,10 @@ SERVER_DB = os.environ.get(
 )
 SERVER_AMQP = os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 _TICKS = os.sysconf("SC_CLK_TCK")
+#: ``application_name`` of the bench's own database connections (the load driver).
+DRIVER_APPNAME = "autostep-bench-driver"
+#: The groups whose CPU is autostep's cost of a step (the load driver and others left out).
+ENGINE_GROUPS = ("pg bench db", "pg other", "rabbitmq")
 
 
 def libpq(url: str) -> str:
@@ -79,7 +90,7 @@ class Platform:
 
     def env(self) -> dict[str, str]:
         env = {
-            **os.environ,
+            **{key: value for key, value in os.environ.items() if key != "PGAPPNAME"},
             "AUTOSTEP_DATABASE_URL": self.database_url,
             "AUTOSTEP_AMQP_URI": self.amqp_uri,
             "PYTHONUNBUFFERED": "1",
@@ -147,6 +158,7 @@ def bench_platform(*, code: Path = ROOT, keep_logs: bool = False) -> Iterator[Pl
         rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
         os.environ["AUTOSTEP_DATABASE_URL"] = plat.database_url
         os.environ["AUTOSTEP_AMQP_URI"] = plat.amqp_uri
+        os.environ["PGAPPNAME"] = DRIVER_APPNAME
         from autostep.migrate import upgrade
 
         upgrade(plat.database_url)
@@ -208,6 +220,7 @@ class CpuMeter:
 
     def __init__(self, plat: Platform) -> None:
         self.plat = plat
+        self.drivers: set[int] = set()
         self.start = self._sample()
         self.machine = _machine_ticks()
         self.t0 = time.perf_counter()
@@ -215,6 +228,8 @@ class CpuMeter:
     def _group(self, pid: str, ours: dict[int, str]) -> str:
         if int(pid) in ours:
             return ours[int(pid)]
+        if int(pid) in self.drivers:
+            return "pg load driver"
         try:
             with open(f"/proc/{pid}/comm") as f:
                 comm = f.read().strip()
@@ -229,6 +244,7 @@ class CpuMeter:
     def _sample(self) -> dict[str, tuple[str, float]]:
         ours = {proc.pid: name for name, proc in self.plat.procs.items()}
         ours[os.getpid()] = "bench"
+        self.drivers |= _driver_backends(self.plat)
         sample = {}
         for pid in os.listdir("/proc"):
             if pid.isdigit():
@@ -242,6 +258,7 @@ class CpuMeter:
         delta = {kind: ticks[kind] - self.machine[kind] for kind in ticks}
         shares: dict[str, float] = {name: 0.0 for name in self.plat.procs}
         shares.update({"pg bench db": 0.0, "pg other": 0.0, "rabbitmq": 0.0, "bench": 0.0})
+        shares["pg load driver"] = 0.0
         shares["others"] = 0.0
         for pid, (group, cpu) in end.items():
             before = self.start.get(pid, (group, 0.0))[1]
@@ -259,7 +276,48 @@ class CpuMeter:
             say("    NOTE: other processes were busy; the figures are pessimistic")
         shares["machine"] = machine["busy"]
         shares.update({f"machine {kind}": machine[kind] for kind in ("user", "system", "softirq")})
+        shares["wall"] = wall
         return shares
+
+
+def cpu_per_step(shares: dict[str, float], steps: int, spawned: list[str]) -> dict[str, float]:
+    """Milliseconds of CPU per step by group, from :meth:`CpuMeter.report`, and printed.
+
+    ``spawned`` names the autostep processes (runners, relays). ``total`` is
+    theirs plus PostgreSQL's and RabbitMQ's: the load driver (the bench and
+    its database backends) and other people's processes are left out.
+    ``softirq`` is the machine's network and disk interrupt time, charged to
+    no process, over the same span (it includes the load driver's share).
+    """
+    seconds = shares["wall"]
+    cores = os.cpu_count() or 1
+    groups = [*spawned, *ENGINE_GROUPS]
+    ms = {name: shares.get(name, 0.0) * seconds * 1000 / max(1, steps) for name in groups}
+    ms["total"] = sum(ms.values())
+    ms["softirq"] = shares["machine softirq"] * seconds * 1000 / max(1, steps)
+    ms["load driver"] = (
+        (shares["bench"] + shares["pg load driver"]) * seconds * 1000 / max(1, steps)
+    )
+    listed = "  ".join(f"{name} {ms[name]:.2f}" for name in [*groups, "total"])
+    say(f"  CPU ms per step: {listed}")
+    say(
+        f"    beside it: softirq {ms['softirq']:.2f} (no process; {cores} cores),"
+        f" load driver {ms['load driver']:.2f} (left out)"
+    )
+    return ms
+
+
+def _driver_backends(plat: Platform) -> set[int]:
+    """Backend pids of the bench's own connections to the bench database."""
+    try:
+        with psycopg.connect(libpq(plat.database_url), autocommit=True) as db:
+            rows = db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (DRIVER_APPNAME,),
+            ).fetchall()
+    except psycopg.Error:
+        return set()
+    return {int(pid) for (pid,) in rows}
 
 
 def _machine_ticks() -> dict[str, int]:

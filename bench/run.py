@@ -46,6 +46,7 @@ from bench.resources import (  # noqa: E402
     rabbitmqctl,
 )
 from bench.workload import (  # noqa: E402
+    TARGET_CPU_MS_PER_STEP,
     TARGET_LATENCY_S,
     TARGET_THROUGHPUT,
     Client,
@@ -257,9 +258,34 @@ def _summary(results: dict[str, Any], seconds: float) -> None:
         f"{b1:,.0f} steps/s",
         f"target >= {TARGET_THROUGHPUT:,.0f}: {verdict(b1 >= TARGET_THROUGHPUT)}",
     )
+    _cpu_summary("B: CPU ms per step, 1 runner", results["B1"]["cpu_ms_per_step"])
     if "B2" in results:
         row("B: throughput, 2 runners", f"{results['B2']['steps_per_s']:,.0f} steps/s")
+        _cpu_summary("B: CPU ms per step, 2 runners", results["B2"]["cpu_ms_per_step"])
+    base = results.get("baselines")
+    if base:
+        row(
+            "baselines of this run",
+            f"PostgreSQL 2-insert txn {base['pg_4']['tx_per_s']:,.0f}/s (4 clients)",
+            f"confirmed publish (quorum) {base['confirm_quorum']['median_ms']:.2f} ms",
+        )
     row("bench wall time", f"{seconds:.0f} s")
+
+
+def _cpu_summary(label: str, ms: dict[str, float]) -> None:
+    total = ms["total"]
+    row(
+        label,
+        f"{total:.2f} ms",
+        f"target <= {TARGET_CPU_MS_PER_STEP} ms: {verdict(total <= TARGET_CPU_MS_PER_STEP)}",
+    )
+    parts = {
+        "runners": sum(v for k, v in ms.items() if k.startswith("runner")),
+        "relay": ms.get("relay", 0.0),
+        "PostgreSQL": ms["pg bench db"] + ms["pg other"],
+        "RabbitMQ": ms["rabbitmq"],
+    }
+    row("  of which", ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -16,12 +16,22 @@ import psycopg
 
 from bench.probes import EventTracer, Sampler
 from bench.report import median, pct, row, say, verdict
-from bench.resources import CpuMeter, Platform, libpq
+from bench.resources import CpuMeter, Platform, cpu_per_step, libpq
 
-__all__ = ["TARGET_LATENCY_S", "TARGET_THROUGHPUT", "Client", "chain", "latency", "throughput"]
+__all__ = [
+    "TARGET_CPU_MS_PER_STEP",
+    "TARGET_LATENCY_S",
+    "TARGET_THROUGHPUT",
+    "Client",
+    "chain",
+    "latency",
+    "throughput",
+]
 
 TARGET_LATENCY_S = 0.3
 TARGET_THROUGHPUT = 1000.0
+#: Milliseconds of CPU per step, autostep's processes plus PostgreSQL and RabbitMQ.
+TARGET_CPU_MS_PER_STEP = 2.0
 
 
 def chain(name: str, length: int, n: int = 10) -> dict[str, Any]:
@@ -160,7 +170,13 @@ def latency(client: Client, steps: int, runs: int, traced_runs: int) -> dict[str
         note = f"{status}, {done} steps, {elapsed / steps * 1000:.1f} ms/step"
         row(f"run {index + 1}", f"{elapsed:.3f} s", note)
     cpu = meter.report()
-    result: dict[str, Any] = {"runs_s": times, "median_s": median(times), "cpu": cpu}
+    per_step = cpu_per_step(cpu, runs * steps, list(client.plat.procs))
+    result: dict[str, Any] = {
+        "runs_s": times,
+        "median_s": median(times),
+        "cpu": cpu,
+        "cpu_ms_per_step": per_step,
+    }
     say()
     row(
         f"median of {runs} runs",
@@ -224,6 +240,7 @@ def throughput(client: Client, jobs: int, steps: int, batches: int) -> dict[str,
     after = client.db_counters()
     span, done, failed = client.outcome(job_ids)
     rate = done / elapsed
+    cpu_ms = cpu_per_step(cpu, done, list(client.plat.procs))
     row(f"start {jobs} runs in {batches} transactions", f"{started:.2f} s")
     row("all finished after", f"{elapsed:.2f} s", f"{failed} runs did not succeed")
     row("steps completed", f"{done}")
@@ -259,6 +276,7 @@ def throughput(client: Client, jobs: int, steps: int, batches: int) -> dict[str,
         "steps_per_s": rate,
         "failed": failed,
         "cpu": cpu,
+        "cpu_ms_per_step": cpu_ms,
         "occupancy": occupancy,
         "db_per_step": per_step,
         "start_s": started,

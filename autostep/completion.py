@@ -39,10 +39,19 @@ from autostep.definitions import StepDefinition
 from autostep.events import JobFields, ProcessFields, job_event, process_event
 from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
 from autostep.messages import StepMessage
-from autostep.models import JobStatus, ProcessKind, ProcessStatus
+from autostep.models import JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
-__all__ = ["Completed", "check_budget", "complete", "step_input"]
+__all__ = [
+    "Completed",
+    "check_budget",
+    "complete",
+    "new_job",
+    "new_task",
+    "step_input",
+    "step_message",
+    "task_row",
+]
 
 #: Lock the job, then the process; the job's row is locked before the
 #: process's is read for update, whatever plan PostgreSQL picks.
@@ -212,46 +221,11 @@ def _follow(
         return changed, []
     step, data = following.step, following.input
     assert data is not None
-    process = ProcessFields(
-        id=uuid.uuid4(),
-        job_id=job.id,
-        parent_id=None,
-        kind=ProcessKind.TASK,
-        step=step.name,
-        function=step.function,
-        item_index=None,
-        status=ProcessStatus.QUEUED,
-        attempt=1,
-        error=None,
-        output=None,
-        reused_from=None,
-        version=1,
-        started_at=None,
-        finished_at=None,
-    )
+    process = new_task(job.id, step, data)
     waiting = registry.waiting_reason(session, step.function)
     out.event("process.updated", process.id, process_event(process, waiting))
-    message = StepMessage(
-        process_id=process.id,
-        job_id=job.id,
-        step=step.name,
-        function=step.function,
-        attempt=1,
-        input=data,
-        policy=step.policy(),
-    )
-    out.step(message)
-    row = {
-        "id": str(process.id),
-        "job_id": str(job.id),
-        "kind": str(process.kind),
-        "step": step.name,
-        "function": step.function,
-        "status": str(process.status),
-        "attempt": 1,
-        "input": data,
-        "version": 1,
-    }
+    out.step(step_message(process, data, step.policy()))
+    row = task_row(process, data)
     return job._replace(steps=job.steps + 1), [row]
 
 
@@ -322,6 +296,90 @@ def step_input(
         return {**step.config, **(item if isinstance(item, dict) else {"item": item})}
     flowing = job_input if prev is None else prev
     return {**flowing, **step.config}
+
+
+def new_job(
+    workflow_id: uuid.UUID,
+    version_id: uuid.UUID,
+    trigger: str,
+    input: dict[str, Any],
+    *,
+    rerun_of: uuid.UUID | None = None,
+) -> JobFields:
+    """A new running job, as it is inserted and first announced (``created_at``: now here)."""
+    return JobFields(
+        id=uuid.uuid4(),
+        workflow_id=workflow_id,
+        version_id=version_id,
+        status=JobStatus.RUNNING,
+        trigger=trigger,
+        rerun_of=rerun_of,
+        steps=0,
+        output=None,
+        error=None,
+        version=1,
+        finished_at=None,
+        input=input,
+        created_at=datetime.now(UTC),
+    )
+
+
+def new_task(
+    job_id: uuid.UUID,
+    step: StepDefinition,
+    data: dict[str, Any],
+    *,
+    parent_id: uuid.UUID | None = None,
+    item_index: int | None = None,
+) -> ProcessFields:
+    """A new queued process of ``step`` with input ``data``: its first attempt."""
+    return ProcessFields(
+        id=uuid.uuid4(),
+        job_id=job_id,
+        parent_id=parent_id,
+        kind=ProcessKind.TASK,
+        step=step.name,
+        function=step.function,
+        item_index=item_index,
+        status=ProcessStatus.QUEUED,
+        attempt=1,
+        error=None,
+        output=None,
+        reused_from=None,
+        version=1,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def task_row(process: ProcessFields, data: dict[str, Any]) -> dict[str, Any]:
+    """A new top-level process with input ``data``, as the multi-row inserts take it."""
+    return {
+        "id": str(process.id),
+        "job_id": str(process.job_id),
+        "kind": str(process.kind),
+        "step": process.step,
+        "function": process.function,
+        "status": str(process.status),
+        "attempt": process.attempt,
+        "input": data,
+        "version": process.version,
+    }
+
+
+def step_message(
+    process: ProcessFields | Process, data: dict[str, Any], policy: dict[str, Any]
+) -> StepMessage:
+    """The message that runs the current attempt of ``process`` over ``data``."""
+    return StepMessage(
+        process_id=process.id,
+        job_id=process.job_id,
+        step=process.step,
+        function=process.function,
+        attempt=process.attempt,
+        input=data,
+        policy=policy,
+    )
 
 
 def check_budget(steps: int, version: CompiledVersion) -> None:

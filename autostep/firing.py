@@ -63,19 +63,24 @@ from autostep.triggers import get_trigger
 __all__ = [
     "MAX_RECORDED_SKIPS",
     "SKIP_GRACE",
+    "STILL_RUNNING",
     "FireOutcome",
     "Started",
     "TickPlan",
     "TickResult",
+    "cron_config",
     "due_ticks",
     "fire_due",
     "fire_tick",
     "last_tick",
+    "late_reason",
     "plan_ticks",
     "record_skipped",
     "start_from_trigger",
     "start_manual",
     "start_run",
+    "tick_input",
+    "tick_variables",
 ]
 
 #: With ``catch_up: skip``, a tick this old or newer still fires.
@@ -175,7 +180,7 @@ def fire_due(
     trigger = _lock(session, trigger_id)
     if isinstance(trigger, TickResult):
         return [trigger]
-    config = _cron_config(trigger)
+    config = cron_config(trigger)
     last = last_tick(session, trigger.id)
     plan = plan_ticks(config, last, trigger.active_since, until)
     record_skipped(session, trigger.id, plan.skip)
@@ -210,7 +215,7 @@ def fire_tick(
     trigger = _lock(session, trigger_id)
     if isinstance(trigger, TickResult):
         return trigger
-    config = _cron_config(trigger)
+    config = cron_config(trigger)
     scheduled_at = scheduled_at.astimezone(UTC)
     claimed = session.execute(
         insert(TriggerTick)
@@ -228,10 +233,7 @@ def fire_tick(
                 if config.concurrency == "replace":
                     for running in _running_jobs(session, trigger.id):
                         runs.cancel_job(session, running)
-                variables = {
-                    "scheduled_time": scheduled_at.isoformat().replace("+00:00", "Z"),
-                    "trigger": {"id": str(trigger.id), "name": trigger.name},
-                }
+                variables = tick_variables(trigger, scheduled_at)
                 job_id = start_from_trigger(session, trigger.id, variables).id
         except (InvalidInput, PermanentError, ConflictError, NotFoundError) as exc:
             reason = f"could not start: {exc}"
@@ -328,6 +330,37 @@ def start_manual(
     return start_run(session, trigger.id, {"input": input or {}}, idempotency_key=idempotency_key)
 
 
+def tick_variables(trigger: Trigger, scheduled_at: datetime) -> dict[str, Any]:
+    """What a cron trigger's ``input_template`` sees for the tick ``scheduled_at``."""
+    return {
+        "scheduled_time": scheduled_at.isoformat().replace("+00:00", "Z"),
+        "trigger": {"id": str(trigger.id), "name": trigger.name},
+    }
+
+
+def tick_input(trigger: Trigger, scheduled_at: datetime) -> Any:
+    """The input of the run a tick starts; :class:`InvalidInput` when the template fails."""
+    return _input(trigger, tick_variables(trigger, scheduled_at))
+
+
+def late_reason(config: CronConfig, scheduled_at: datetime, now: datetime) -> str | None:
+    """Why a tick handled at ``now`` is too late to start (its starting deadline), or None."""
+    deadline = config.starting_deadline_seconds
+    late = (now - scheduled_at).total_seconds()
+    if deadline is not None and late > deadline:
+        return f"missed its starting deadline by {late - deadline:.0f} s"
+    return None
+
+
+def cron_config(trigger: Trigger) -> CronConfig:
+    """The trigger's cron settings; :class:`ConflictError` for a trigger of another kind."""
+    if trigger.kind != "cron":
+        raise ConflictError(
+            f"trigger {trigger.name!r} is a {trigger.kind} trigger: it has no ticks"
+        )
+    return CronConfig.model_validate(trigger.config)
+
+
 def _input(trigger: Trigger, variables: dict[str, Any]) -> Any:
     if trigger.input_template is not None:
         try:
@@ -353,22 +386,13 @@ def _lock(session: Session, trigger_id: uuid.UUID | str) -> Trigger | TickResult
     return trigger
 
 
-def _cron_config(trigger: Trigger) -> CronConfig:
-    if trigger.kind != "cron":
-        raise ConflictError(
-            f"trigger {trigger.name!r} is a {trigger.kind} trigger: it has no ticks"
-        )
-    return CronConfig.model_validate(trigger.config)
-
-
 def _why_not(
     session: Session, trigger: Trigger, config: CronConfig, scheduled_at: datetime, now: datetime
 ) -> str | None:
     """Why this tick starts no run (deadline, archived workflow, forbid), or None."""
-    deadline = config.starting_deadline_seconds
-    late = (now - scheduled_at).total_seconds()
-    if deadline is not None and late > deadline:
-        return f"missed its starting deadline by {late - deadline:.0f} s"
+    late = late_reason(config, scheduled_at, now)
+    if late is not None:
+        return late
     try:
         lock_active_workflow(session, trigger.workflow_id)
     except (ConflictError, NotFoundError) as exc:

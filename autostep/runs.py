@@ -333,18 +333,10 @@ def _new_job(
     trigger_id: uuid.UUID | None = None,
 ) -> tuple[Job, OutboxWriter]:
     """Insert a running job, announce it, and return it with its outbox writer."""
-    job = Job(
-        id=uuid.uuid4(),
-        workflow_id=workflow_id,
-        version_id=version_id,
-        status=JobStatus.RUNNING,
-        trigger=trigger,
-        trigger_id=trigger_id,
-        input=input,
-        rerun_of=rerun_of,
-        steps=0,
-        version=1,
-    )
+    fields = completion.new_job(workflow_id, version_id, trigger, input, rerun_of=rerun_of)
+    values = fields._asdict()
+    del values["created_at"]  # the database's clock, as for every row
+    job = Job(**values, trigger_id=trigger_id)
     session.add(job)
     session.flush()
     out = OutboxWriter(session, job.id)
@@ -493,32 +485,13 @@ def _new_process(
     parent_id: uuid.UUID | None = None,
     item_index: int | None = None,
 ) -> Process:
-    return Process(
-        id=uuid.uuid4(),
-        job_id=job.id,
-        parent_id=parent_id,
-        kind=ProcessKind.TASK,
-        step=step.name,
-        function=step.function,
-        item_index=item_index,
-        status=ProcessStatus.QUEUED,
-        attempt=1,
-        input=data,
-        version=1,
-    )
+    task = completion.new_task(job.id, step, data, parent_id=parent_id, item_index=item_index)
+    return Process(**task._asdict(), input=data)
 
 
 def _step_message(process: Process, job: Job, version: CompiledVersion) -> StepMessage:
     """The message that runs the current attempt of ``process``."""
-    return StepMessage(
-        process_id=process.id,
-        job_id=job.id,
-        step=process.step,
-        function=process.function,
-        attempt=process.attempt,
-        input=process.input,
-        policy=version.step(process.step).policy(),
-    )
+    return completion.step_message(process, process.input, version.step(process.step).policy())
 
 
 def _reused(job: Job, original: Process, *, parent: Process | None = None) -> Process:

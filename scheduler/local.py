@@ -16,14 +16,16 @@ may run at once; one leads and fires, the others wait:
   a trigger created, changed, disabled or deleted is followed within
   ``AUTOSTEP_SCHEDULER_POLL_SECONDS`` (a disabled or deleted trigger never
   fires anyway: firing reads it under a lock).
-- **Firing**: at a trigger's due time, a transaction reads the trigger and
-  its last recorded tick and applies its catch-up policy
+- **Firing**: the triggers due in a pass are fired in batches of up to
+  :data:`BATCH`. A batch's transaction reads the triggers and their last
+  recorded ticks (one query) and applies each one's catch-up policy
   (:func:`autostep.firing.plan_ticks`) to every tick since, up to now; it
-  records the ticks the policy skips and fires the first due one with
-  :func:`autostep.firing.fire_tick`. Every further due tick (after a
-  downtime) gets a transaction of its own, so a crash in the middle of a
-  catch-up keeps the ticks already fired. In steady state that is one
-  transaction per tick. A new leader, a reloaded trigger and a restart
+  records the ticks the policies skip and fires each trigger's first due
+  tick with :func:`autostep.tick_batch.fire_ticks` (a handful of
+  statements for the whole batch). Every further due tick (after a
+  downtime) comes in a round of its own, one transaction per round, so a
+  crash in the middle of a catch-up keeps the ticks already fired. In
+  steady state that is one transaction per batch. A new leader, a reloaded trigger and a restart
   start with such a pass: that is the catch-up after a downtime.
 - **Time** comes from a :class:`~autostep.scheduler.clock.Clock`: the real
   one, or a simulated timeline (``AUTOSTEP_SCHEDULER_CLOCK``) for tests.
@@ -61,12 +63,13 @@ from autostep.firing import (
     plan_ticks,
     record_skipped,
 )
-from autostep.models import Trigger
+from autostep.models import Trigger, TriggerTick
 from autostep.scheduler.clock import Clock, SystemClock
 from autostep.settings import libpq_dsn
+from autostep.tick_batch import fire_ticks
 from autostep.trigger_kinds import CronConfig, next_fire_times
 
-__all__ = ["LEADER_LOCK", "LOG_EACH_UP_TO", "UPCOMING", "LocalScheduler"]
+__all__ = ["BATCH", "LEADER_LOCK", "LOG_EACH_UP_TO", "UPCOMING", "LocalScheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ LEADER_LOCK = 0x61730003
 LOG_EACH_UP_TO = 20
 #: Fire times of a trigger computed at once.
 UPCOMING = 60
+#: Due triggers fired together, in one transaction per round of their ticks.
+BATCH = 200
 #: Seconds to wait for PostgreSQL when connecting for leadership.
 CONNECT_TIMEOUT = 5
 #: Changes whenever an enabled cron trigger is created, changed, disabled or deleted.
@@ -89,6 +94,8 @@ _FINGERPRINT = select(
     ),
 ).where(Trigger.kind == "cron", Trigger.enabled)
 _LOGGED = (FireOutcome.STARTED, FireOutcome.SKIPPED, FireOutcome.ALREADY_FIRED)
+#: A trigger, what firing it did (or the outage that stopped it), and its next fire times.
+_Fired = tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, list[datetime]]
 
 
 @dataclass
@@ -219,10 +226,11 @@ class LocalScheduler:
             entry = self._entries.get(trigger_id)
             if entry is not None and entry.version == version:
                 due.append(trigger_id)
-        if self._pool is not None and len(due) > 1:
-            handled = list(self._pool.map(self._fire, due))
+        batches = [due[n : n + BATCH] for n in range(0, len(due), BATCH)]
+        if self._pool is not None and len(batches) > 1:
+            handled = [item for done in self._pool.map(self._fire_batch, batches) for item in done]
         else:
-            handled = [self._fire(trigger_id) for trigger_id in due]
+            handled = [item for batch in batches for item in self._fire_batch(batch)]
         results: list[TickResult] = []
         outage: DatabaseUnavailable | None = None
         for trigger_id, fired, upcoming in handled:
@@ -244,6 +252,85 @@ class LocalScheduler:
         return self._heap[0][0] if self._heap else None
 
     # -- internals ----------------------------------------------------------
+
+    def _fire_batch(self, trigger_ids: list[uuid.UUID]) -> list[_Fired]:
+        """Fire what is due of a batch of triggers, round by round; when to come back to each.
+
+        The first transaction plans every trigger's ticks by its catch-up
+        policy (:func:`autostep.firing.plan_ticks`, from its last recorded
+        tick), records those it skips and fires each trigger's first due
+        tick with :func:`autostep.tick_batch.fire_ticks`; round *n* fires
+        each trigger's *n*-th due tick in a transaction of its own, so a
+        trigger's ticks go oldest first and a crash in a long catch-up keeps
+        what was done. When a batch fails for another reason than an outage,
+        its triggers are fired again one by one (:meth:`_fire`), so a broken
+        trigger holds back only itself.
+        """
+        now = self.clock.now()
+        results: dict[uuid.UUID, list[TickResult]] = {trigger_id: [] for trigger_id in trigger_ids}
+        try:
+            with database_outages(), unit_of_work(self.sessions) as session:
+                plans = self._plans(session, trigger_ids, now)
+                for trigger_id, plan in plans.items():
+                    record_skipped(session, trigger_id, plan.skip)
+                    results[trigger_id] += [
+                        TickResult(trigger_id, FireOutcome.SKIPPED, scheduled_at=tick, reason=why)
+                        for tick, why in plan.skip
+                    ]
+                self._fire_round(session, plans, 0, results, now)
+            rounds = max((len(plan.fire) for plan in plans.values()), default=0)
+            for n in range(1, rounds):
+                with database_outages(), unit_of_work(self.sessions) as session:
+                    self._fire_round(session, plans, n, results, self.clock.now())
+        except DatabaseUnavailable as exc:
+            return [(trigger_id, exc, [now]) for trigger_id in trigger_ids]
+        except AutostepError as exc:
+            log.warning("%s: a batch of triggers: %s; firing them one by one", self.name, exc)
+            return [self._fire(trigger_id) for trigger_id in trigger_ids]
+        return [
+            (trigger_id, results[trigger_id], self._upcoming(trigger_id, now))
+            for trigger_id in trigger_ids
+        ]
+
+    @staticmethod
+    def _fire_round(
+        session: Session,
+        plans: dict[uuid.UUID, TickPlan],
+        n: int,
+        results: dict[uuid.UUID, list[TickResult]],
+        now: datetime,
+    ) -> None:
+        """Fire the ``n``-th due tick of each plan that has one."""
+        ticks = [
+            (trigger_id, plan.fire[n]) for trigger_id, plan in plans.items() if n < len(plan.fire)
+        ]
+        for result in fire_ticks(session, ticks, now=now) if ticks else []:
+            results[uuid.UUID(str(result.trigger_id))].append(result)
+
+    def _upcoming(self, trigger_id: uuid.UUID, now: datetime) -> list[datetime]:
+        entry = self._entries[trigger_id]
+        upcoming = [tick for tick in entry.upcoming if tick > now]
+        return upcoming or next_fire_times(entry.config, now, UPCOMING)
+
+    @staticmethod
+    def _plans(
+        session: Session, trigger_ids: list[uuid.UUID], now: datetime
+    ) -> dict[uuid.UUID, TickPlan]:
+        """The catch-up plans of the enabled cron triggers among ``trigger_ids``: one query."""
+        last = (
+            select(func.max(TriggerTick.scheduled_at))
+            .where(TriggerTick.trigger_id == Trigger.id)
+            .scalar_subquery()
+        )
+        rows = session.execute(
+            select(Trigger.id, Trigger.config, Trigger.active_since, last).where(
+                Trigger.id.in_(trigger_ids), Trigger.kind == "cron", Trigger.enabled
+            )
+        )
+        return {
+            trigger_id: plan_ticks(CronConfig.model_validate(config), last_at, since, now)
+            for trigger_id, config, since, last_at in rows
+        }
 
     def _reload(self) -> None:
         with database_outages(), unit_of_work(self.sessions) as session:
@@ -274,19 +361,16 @@ class LocalScheduler:
         self._pushed += 1
         heapq.heappush(self._heap, (entry.due, self._pushed, trigger_id, entry.version))
 
-    def _fire(
-        self, trigger_id: uuid.UUID
-    ) -> tuple[uuid.UUID, list[TickResult] | DatabaseUnavailable, list[datetime]]:
+    def _fire(self, trigger_id: uuid.UUID) -> _Fired:
         """Fire what is due of one trigger, each tick in its own transaction; when to come back.
 
         The first transaction plans the ticks by the catch-up policy
         (:func:`autostep.firing.plan_ticks`, from the last recorded tick),
         records those it skips and fires the first; every further tick gets
         a transaction of its own, so a crash in a long catch-up keeps what
-        was done. Runs on a worker thread when ``workers`` > 1: it only
-        reads the entry, the caller updates the heap.
+        was done. The path of a batch that failed: it only reads the entry,
+        the caller updates the heap.
         """
-        entry = self._entries[trigger_id]
         now = self.clock.now()
         results: list[TickResult] = []
         try:
@@ -307,8 +391,7 @@ class LocalScheduler:
         except AutostepError as exc:
             log.warning("%s: trigger %s: %s; trying again", self.name, trigger_id, exc)
             return trigger_id, results, [now + timedelta(seconds=self.poll_seconds)]
-        upcoming = [tick for tick in entry.upcoming if tick > now]
-        return trigger_id, results, upcoming or next_fire_times(entry.config, now, UPCOMING)
+        return trigger_id, results, self._upcoming(trigger_id, now)
 
     @staticmethod
     def _plan(session: Session, trigger_id: uuid.UUID, now: datetime) -> TickPlan:

@@ -84,11 +84,13 @@ sent AS (
            r.routing_key, r.mandatory, r.payload
     FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
          LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
-    ORDER BY e.n)
-UPDATE trigger_tick AS t SET outcome = r.outcome, reason = r.reason, job_id = r.job_id
-FROM jsonb_to_recordset(%(ticks)s) AS r(
-    trigger_id uuid, scheduled_at timestamptz, outcome text, reason text, job_id uuid)
-WHERE t.trigger_id = r.trigger_id AND t.scheduled_at = r.scheduled_at
+    ORDER BY e.n),
+recorded AS (
+    UPDATE trigger_tick AS t SET outcome = r.outcome, reason = r.reason, job_id = r.job_id
+    FROM jsonb_to_recordset(%(ticks)s) AS r(
+        trigger_id uuid, scheduled_at timestamptz, outcome text, reason text, job_id uuid)
+    WHERE t.trigger_id = r.trigger_id AND t.scheduled_at = r.scheduled_at)
+SELECT 1
 """
 
 

@@ -71,6 +71,7 @@ LOCK = "tests/unit/test_lock.py"
 HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 SCHEDULER = "tests/service/test_scheduler_local.py"
 SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
+TICK_BATCH = "tests/service/test_tick_batch.py"
 WEB_UI = "tests/e2e/test_webui.py"
 OPENAPI_COMMITTED = "tests/unit/test_openapi_committed.py"
 BROWSER_RUNS = "tests/browser/test_runs.py"
@@ -718,6 +719,19 @@ MUTATIONS = (
     Mutation(
         "tick-job-committed-alone",
         "a tick's row and its job commit together: a crash leaves both or neither",
+        "autostep/tick_batch.py",
+        "    with driver.cursor() as cursor:\n"
+        "        cursor.execute(_WRITE, params, prepare=True)\n",
+        "    with psycopg.connect(driver.info.dsn, autocommit=True) as alone:\n"
+        "        alone.execute(_WRITE, {**params, 'ticks': Jsonb([])})\n"
+        "    params.update(jobs=Jsonb([]), born=Jsonb([]), outbox=Jsonb([]))\n"
+        "    with driver.cursor() as cursor:\n"
+        "        cursor.execute(_WRITE, params, prepare=True)\n",
+        (SCHEDULER_CRASH,),
+    ),
+    Mutation(
+        "tick-job-committed-alone-one-by-one",
+        "a tick fired one by one commits its row and its job together",
         "autostep/firing.py",
         "                job_id = start_from_trigger(session, trigger.id, variables).id\n",
         "                from autostep import db, settings\n"
@@ -726,26 +740,100 @@ MUTATIONS = (
         "                alone_factory = db.make_session_factory(db.shared_engine(url))\n"
         "                with db.unit_of_work(alone_factory) as alone:\n"
         "                    job_id = start_from_trigger(alone, trigger.id, variables).id\n",
-        (SCHEDULER_CRASH,),
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-fires-again",
+        "a tick fired in a batch starts at most one run, however often it is fired",
+        "autostep/tick_batch.py",
+        "        .on_conflict_do_nothing()\n",
+        "        .on_conflict_do_update(\n"
+        "            index_elements=['trigger_id', 'scheduled_at'], set_={'outcome': 'skipped'}\n"
+        "        )\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-forbid-ignored",
+        "concurrency forbid holds in a batch: against runs in flight, earlier ticks of the batch",
+        "autostep/tick_batch.py",
+        '        if reason is None and config.concurrency == "forbid" and trigger.id in running:\n',
+        "        if reason is None and False:\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-forbid-forgets-the-batch",
+        "under forbid, the run an earlier tick of the batch started counts as running",
+        "autostep/tick_batch.py",
+        "                running.add(trigger.id)\n",
+        "                pass\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-deadline-ignored",
+        "a tick fired in a batch later than its starting deadline starts no run",
+        "autostep/tick_batch.py",
+        "        elif (late := late_reason(config, at, now)) is not None:\n",
+        "        elif (late := late_reason(config, at, at)) is not None:\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-disabled-fires",
+        "a disabled trigger starts nothing in a batch",
+        "autostep/tick_batch.py",
+        "        elif not trigger.enabled:\n",
+        "        elif False:\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-archived-fires",
+        "a tick fired in a batch starts no run of an archived workflow",
+        "autostep/tick_batch.py",
+        "            refused[workflow_id] = str(exc)\n",
+        "            pass\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-template-failure-aborts",
+        "a failing template records the tick skipped with why, in a batch too",
+        "autostep/tick_batch.py",
+        "            except (InvalidInput, PermanentError) as exc:\n",
+        "            except ZeroDivisionError as exc:\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-replace-in-bulk",
+        "concurrency replace cancels the running run in a batch too",
+        "autostep/tick_batch.py",
+        '    if trigger.config.get("concurrency") == "replace":\n',
+        "    if False:\n",
+        (TICK_BATCH,),
+    ),
+    Mutation(
+        "batch-event-differs",
+        "a run started in a batch is announced as start_job announces it",
+        "autostep/tick_batch.py",
+        '            "steps": job.steps + 1,  # the start step entered\n',
+        '            "steps": job.steps,  # the start step entered\n',
+        (TICK_BATCH,),
     ),
     Mutation(
         "scheduler-catch-up-forgets-downtime",
         "the local scheduler catches up the ticks missed while it was down, from the last recorded",
         "scheduler/local.py",
-        "plan_ticks(config, last_tick(session, trigger_id), trigger.active_since, now)",
-        "plan_ticks(config, now - timedelta(minutes=1), trigger.active_since, now)",
+        "plan_ticks(CronConfig.model_validate(config), last_at, since, now)",
+        "plan_ticks(CronConfig.model_validate(config), now - timedelta(minutes=1), since, now)",
         (SCHEDULER, SCHEDULER_CRASH),
     ),
     Mutation(
         "scheduler-catch-up-in-one-transaction",
-        "each tick of a catch-up commits on its own: a crash mid-way keeps the ticks fired",
+        "each round of a catch-up commits on its own: a crash mid-way keeps the ticks fired",
         "scheduler/local.py",
-        "                if plan.fire:\n"
-        "                    results.append(fire_tick(session, trigger_id, plan.fire[0], now=now))"
-        "\n            for tick in plan.fire[1:]:\n",
-        "                for tick in plan.fire:\n"
-        "                    results.append(fire_tick(session, trigger_id, tick, now=now))\n"
-        "            for tick in plan.fire[:0]:\n",
+        "                self._fire_round(session, plans, 0, results, now)\n"
+        "            rounds = max((len(plan.fire) for plan in plans.values()), default=0)\n"
+        "            for n in range(1, rounds):\n",
+        "                for n in range(max((len(p.fire) for p in plans.values()), default=0)):\n"
+        "                    self._fire_round(session, plans, n, results, now)\n"
+        "            for n in range(0):\n",
         (SCHEDULER_CRASH,),
     ),
     Mutation(

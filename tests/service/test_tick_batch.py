@@ -165,6 +165,7 @@ def test_a_batch_of_many_triggers_keeps_each_ones_order_and_outcome(
     wanted = [(trigger_id, at) for at in (TICK, LATER) for trigger_id in ids]
     with unit_of_work(session_factory) as session:
         results = fire_ticks(session, wanted, now=LATER)
-    assert [(r.trigger_id, r.scheduled_at or at) for r, (_, at) in zip(results, wanted)] == wanted
+    pairs = zip(results, wanted, strict=True)
+    assert [(r.trigger_id, r.scheduled_at or at) for r, (_, at) in pairs] == wanted
     outcomes = [r.outcome.value for r in results[:4]]
     assert outcomes == ["started", "disabled", "skipped", "already_fired"]

@@ -730,19 +730,6 @@ MUTATIONS = (
         (SCHEDULER_CRASH,),
     ),
     Mutation(
-        "tick-job-committed-alone-one-by-one",
-        "a tick fired one by one commits its row and its job together",
-        "autostep/firing.py",
-        "                job_id = start_from_trigger(session, trigger.id, variables).id\n",
-        "                from autostep import db, settings\n"
-        "\n"
-        "                url = settings.get_settings().database_url\n"
-        "                alone_factory = db.make_session_factory(db.shared_engine(url))\n"
-        "                with db.unit_of_work(alone_factory) as alone:\n"
-        "                    job_id = start_from_trigger(alone, trigger.id, variables).id\n",
-        (TICK_BATCH,),
-    ),
-    Mutation(
         "batch-fires-again",
         "a tick fired in a batch starts at most one run, however often it is fired",
         "autostep/tick_batch.py",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from autostep import registry
 from autostep.catalog import CompiledVersion, latest_version, load_version, lock_active_workflow
 from autostep.completion import check_budget, new_job, new_task, step_input, step_message, task_row
+from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
 from autostep.exceptions import ConflictError, InvalidInput, NotFoundError, PermanentError
 from autostep.firing import (
@@ -102,6 +103,8 @@ class _Batch:
     born: list[dict[str, Any]]
     outbox: list[dict[str, Any]]
     ticks: list[dict[str, Any]]
+    #: Why a queued step of each function waits (None: a live runner serves it), read once.
+    waiting: dict[str, str | None] = field(default_factory=dict)
 
 
 def fire_ticks(
@@ -247,7 +250,7 @@ def _start(
     task = new_task(job.id, step, data)
     out = OutboxWriter(session, job.id)
     out.event("job.updated", job.id, job_event(job))
-    out.event("process.updated", task.id, process_event(task, _waiting(session, step.function)))
+    out.event("process.updated", task.id, process_event(task, _waiting(session, batch, step)))
     out.step(step_message(task, data, step.policy()))
     batch.jobs.append(
         {
@@ -269,8 +272,11 @@ def _start(
     return job.id
 
 
-def _waiting(session: Session, function: str) -> str | None:
-    return registry.waiting_reason(session, function)
+def _waiting(session: Session, batch: _Batch, step: StepDefinition) -> str | None:
+    """Why the step's first process waits; read once per function and batch."""
+    if step.function not in batch.waiting:
+        batch.waiting[step.function] = registry.waiting_reason(session, step.function)
+    return batch.waiting[step.function]
 
 
 def _record(

@@ -727,7 +727,10 @@ MUTATIONS = (
         "    params.update(jobs=Jsonb([]), born=Jsonb([]), outbox=Jsonb([]))\n"
         "    with driver.cursor() as cursor:\n"
         "        cursor.execute(_WRITE, params, prepare=True)\n",
-        (SCHEDULER_CRASH,),
+        (
+            f"{TICK_BATCH}::test_a_batch_rolled_back_leaves_neither_ticks_nor_jobs",
+            SCHEDULER_CRASH,
+        ),
     ),
     Mutation(
         "batch-fires-again",
@@ -821,7 +824,10 @@ MUTATIONS = (
         "                for n in range(max((len(p.fire) for p in plans.values()), default=0)):\n"
         "                    self._fire_round(session, plans, n, results, now)\n"
         "            for n in range(0):\n",
-        (SCHEDULER_CRASH,),
+        (
+            f"{SCHEDULER}::test_a_catch_up_cut_short_keeps_the_rounds_that_committed",
+            SCHEDULER_CRASH,
+        ),
     ),
     Mutation(
         "scheduler-no-leader-lock",

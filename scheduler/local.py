@@ -16,8 +16,8 @@ may run at once; one leads and fires, the others wait:
   a trigger created, changed, disabled or deleted is followed within
   ``AUTOSTEP_SCHEDULER_POLL_SECONDS`` (a disabled or deleted trigger never
   fires anyway: firing reads it under a lock).
-- **Firing**: the triggers due in a pass are fired in batches of up to
-  :data:`BATCH`. A batch's transaction reads the triggers and their last
+- **Firing**: the triggers due in a pass are split evenly among the
+  workers, in batches of up to :data:`BATCH`. A batch's transaction reads the triggers and their last
   recorded ticks (one query) and applies each one's catch-up policy
   (:func:`autostep.firing.plan_ticks`) to every tick since, up to now; it
   records the ticks the policies skip and fires each trigger's first due
@@ -79,8 +79,10 @@ LEADER_LOCK = 0x61730003
 LOG_EACH_UP_TO = 20
 #: Fire times of a trigger computed at once.
 UPCOMING = 60
-#: Due triggers fired together, in one transaction per round of their ticks.
-BATCH = 200
+#: Due triggers fired together at most, in one transaction per round of their ticks. The
+#: due triggers of a pass are split evenly among the workers, in batches of up to this many,
+#: so that every worker has a batch at once and none waits for another's.
+BATCH = 500
 #: Seconds to wait for PostgreSQL when connecting for leadership.
 CONNECT_TIMEOUT = 5
 #: Changes whenever an enabled cron trigger is created, changed, disabled or deleted.
@@ -135,6 +137,7 @@ class LocalScheduler:
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.name = name
+        self.workers = workers
         self._pool = ThreadPoolExecutor(workers, name) if workers > 1 else None
         self._leader: psycopg.Connection[tuple[object, ...]] | None = None
         self._entries: dict[uuid.UUID, _Entry] = {}
@@ -226,7 +229,8 @@ class LocalScheduler:
             entry = self._entries.get(trigger_id)
             if entry is not None and entry.version == version:
                 due.append(trigger_id)
-        batches = [due[n : n + BATCH] for n in range(0, len(due), BATCH)]
+        size = min(BATCH, -(-len(due) // self.workers)) or 1
+        batches = [due[n : n + size] for n in range(0, len(due), size)]
         if self._pool is not None and len(batches) > 1:
             handled = [item for done in self._pool.map(self._fire_batch, batches) for item in done]
         else:

@@ -278,3 +278,33 @@ def _wait(condition: Any, timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_catch_up_cut_short_keeps_the_rounds_that_committed(
+    session_factory: Any, make_trigger: Any, scheduler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    config = {"schedule": "* * * * *", "catch_up": "all", "catch_up_limit": 10}
+    trigger_id = make_trigger(since=start, **config)
+    clock = ManualClock(start + 5 * MINUTE + timedelta(seconds=1))  # five ticks due at once
+    sched = scheduler(clock)
+    assert sched.try_lead()
+    import autostep.scheduler.local as local
+
+    real, calls = local.fire_ticks, []
+
+    def fire_then_fail(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:  # the third round's transaction never commits
+            raise local.DatabaseUnavailable("the database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "fire_ticks", fire_then_fail)
+    with pytest.raises(local.DatabaseUnavailable):
+        sched.step()
+    # each round commits on its own: the first two ticks stay fired, with their jobs
+    assert started(session_factory, trigger_id) == [start + MINUTE, start + 2 * MINUTE]
+    assert job_count(session_factory, trigger_id) == 2
+    monkeypatch.setattr(local, "fire_ticks", real)
+    sched.step()  # the next pass goes on from the last recorded tick
+    assert started(session_factory, trigger_id) == [start + n * MINUTE for n in range(1, 6)]

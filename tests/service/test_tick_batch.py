@@ -169,3 +169,22 @@ def test_a_batch_of_many_triggers_keeps_each_ones_order_and_outcome(
     assert [(r.trigger_id, r.scheduled_at or at) for r, (_, at) in pairs] == wanted
     outcomes = [r.outcome.value for r in results[:4]]
     assert outcomes == ["started", "disabled", "skipped", "already_fired"]
+
+
+class _Crash(Exception):
+    """Stands for a crash after the batch's statements, before its commit."""
+
+
+def test_a_batch_rolled_back_leaves_neither_ticks_nor_jobs(
+    session_factory: Any, project: str
+) -> None:
+    ids = [_setup(session_factory, project, "allow", {})[0] for _ in range(3)]
+    with pytest.raises(_Crash), unit_of_work(session_factory) as session:
+        results = fire_ticks(session, [(trigger_id, TICK) for trigger_id in ids], now=TICK)
+        assert [r.outcome.value for r in results] == ["started"] * 3
+        raise _Crash
+    with unit_of_work(session_factory) as session:
+        jobs = session.scalars(select(Job.id).where(Job.trigger_id.in_(ids))).all()
+        ticks = session.scalars(select(TriggerTick).where(TriggerTick.trigger_id.in_(ids))).all()
+    # a tick's row and its job commit together: without the commit, neither is there
+    assert (len(jobs), len(ticks)) == (0, 0)

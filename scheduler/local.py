@@ -17,8 +17,8 @@ may run at once; one leads and fires, the others wait:
   ``AUTOSTEP_SCHEDULER_POLL_SECONDS`` (a disabled or deleted trigger never
   fires anyway: firing reads it under a lock).
 - **Firing**: the triggers due in a pass are split evenly among the
-  workers, in batches of up to :data:`BATCH`. A batch's transaction reads the triggers and their last
-  recorded ticks (one query) and applies each one's catch-up policy
+  workers, in batches of up to :data:`BATCH`. A batch's transaction reads
+  the triggers and their last recorded ticks (one query) and applies each one's catch-up policy
   (:func:`autostep.firing.plan_ticks`) to every tick since, up to now; it
   records the ticks the policies skip and fires each trigger's first due
   tick with :func:`autostep.tick_batch.fire_ticks` (a handful of

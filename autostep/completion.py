@@ -43,16 +43,35 @@ from autostep.models import JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter
 
 __all__ = [
+    "INSERT_BORN",
+    "INSERT_SENT",
     "Completed",
     "check_budget",
     "complete",
     "new_job",
     "new_task",
+    "next_step",
     "step_input",
     "step_message",
     "task_row",
 ]
 
+#: A CTE that inserts the new processes of the JSON array ``%(born)s`` (rows of :func:`task_row`).
+INSERT_BORN = """born AS (
+    INSERT INTO process (id, job_id, kind, step, function, status, attempt, input, version)
+    SELECT r.id, r.job_id, r.kind, r.step, r.function, r.status, r.attempt, r.input, r.version
+    FROM jsonb_to_recordset(%(born)s) AS r(
+        id uuid, job_id uuid, kind text, step text, function text, status text,
+        attempt int, input jsonb, version int))"""
+#: A CTE that inserts the outbox rows of the JSON array ``%(outbox)s``, in its order (``seq``).
+INSERT_SENT = """sent AS (
+    INSERT INTO outbox (id, shard, attempts, aggregate_type, aggregate_id, type, exchange,
+                        routing_key, mandatory, payload)
+    SELECT r.id, r.shard, r.attempts, r.aggregate_type, r.aggregate_id, r.type, r.exchange,
+           r.routing_key, r.mandatory, r.payload
+    FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
+         LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
+    ORDER BY e.n)"""
 #: Lock the job, then the process; the job's row is locked before the
 #: process's is read for update, whatever plan PostgreSQL picks.
 _LOCK = """
@@ -67,7 +86,7 @@ SELECT j.*, p.id, p.job_id, p.parent_id, p.kind, p.step, p.function, p.item_inde
 FROM j JOIN process AS p ON p.job_id = j.id AND p.id = %(id)s
 FOR UPDATE OF p
 """
-_WRITE = """
+_WRITE = f"""
 WITH done AS (
     UPDATE process SET status = %(status)s, output = %(output)s, error = NULL,
                        started_at = %(started_at)s, finished_at = %(finished_at)s,
@@ -80,20 +99,8 @@ job_changed AS (
                    error = %(job_error)s, finished_at = %(job_finished_at)s,
                    version = %(job_version)s
     WHERE id = %(job_id)s AND %(job_changed)s),
-born AS (
-    INSERT INTO process (id, job_id, kind, step, function, status, attempt, input, version)
-    SELECT r.id, r.job_id, r.kind, r.step, r.function, r.status, r.attempt, r.input, r.version
-    FROM jsonb_to_recordset(%(born)s) AS r(
-        id uuid, job_id uuid, kind text, step text, function text, status text,
-        attempt int, input jsonb, version int)),
-sent AS (
-    INSERT INTO outbox (id, shard, attempts, aggregate_type, aggregate_id, type, exchange,
-                        routing_key, mandatory, payload)
-    SELECT r.id, r.shard, r.attempts, r.aggregate_type, r.aggregate_id, r.type, r.exchange,
-           r.routing_key, r.mandatory, r.payload
-    FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
-         LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
-    ORDER BY e.n)
+{INSERT_BORN},
+{INSERT_SENT}
 SELECT (SELECT pending FROM parent)
 """
 
@@ -170,6 +177,26 @@ def complete(
     return Completed.DONE, process
 
 
+def next_step(
+    version: CompiledVersion, step_name: str, output: dict[str, Any], job_input: Any
+) -> StepDefinition | None:
+    """The step that the first transition of ``step_name`` that holds leads to.
+
+    None when none holds: the job ends with ``output``. The transitions are
+    tried in order with the variables ``output`` and ``input`` (the job's);
+    :class:`PermanentError` naming the transition (``steps[i].next[j].when``)
+    when a condition cannot be evaluated. The one place a transition is
+    chosen, for the engine and for the runner's hot path alike.
+    """
+    variables = {"output": output, "input": job_input}
+    where = version.field(step_name)
+    for index, transition in enumerate(version.transitions(step_name)):
+        field = f"{where}.next[{index}].when"
+        if transition.when is None or evaluate_condition(transition.when, variables, field=field):
+            return version.step(transition.to)
+    return None
+
+
 def _next(
     session: Session,
     job: JobFields,
@@ -178,23 +205,17 @@ def _next(
     output: dict[str, Any],
 ) -> _Next | None:
     """What follows ``step_name``, as :func:`autostep.runs` decides it; None for a fan-out."""
-    variables = {"output": output, "input": job.input}
-    where = version.field(step_name)
     try:
-        for index, transition in enumerate(version.transitions(step_name)):
-            field = f"{where}.next[{index}].when"
-            if transition.when is None or evaluate_condition(
-                transition.when, variables, field=field
-            ):
-                target = version.step(transition.to)
-                if target.for_each is not None:
-                    return None
-                check_budget(job.steps, version)
-                data = step_input(target, version.field(target.name), job.input, output)
-                return _Next(target, data, None)
+        target = next_step(version, step_name, output, job.input)
+        if target is None:
+            return _Next(None, None, JobStatus.SUCCEEDED)
+        if target.for_each is not None:
+            return None
+        check_budget(job.steps, version)
+        data = step_input(target, version.field(target.name), job.input, output)
+        return _Next(target, data, None)
     except PermanentError as exc:
         return _Next(None, None, JobStatus.FAILED, f"after step {step_name!r}: {exc}")
-    return _Next(None, None, JobStatus.SUCCEEDED)
 
 
 def _follow(

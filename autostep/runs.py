@@ -51,8 +51,8 @@ from autostep.catalog import (
     load_version,
     lock_active_workflow,
 )
-from autostep.completion import Completed, check_budget, step_input
-from autostep.conditions import evaluate, evaluate_condition
+from autostep.completion import Completed, check_budget, next_step, step_input
+from autostep.conditions import evaluate
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
 from autostep.exceptions import ConflictError, NotFoundError, PermanentError
@@ -358,17 +358,11 @@ def _advance(
     evaluated, or the step budget is spent, the job fails with that error;
     ``step_name``'s process keeps its output: its function did not fail.
     """
-    variables = {"output": output, "input": job.input}
-    where = version.field(step_name)
     try:
-        for index, transition in enumerate(version.transitions(step_name)):
-            field = f"{where}.next[{index}].when"
-            if transition.when is None or evaluate_condition(
-                transition.when, variables, field=field
-            ):
-                target = version.step(transition.to)
-                _enter_step(session, out, job, version, target, prev=output)
-                return
+        target = next_step(version, step_name, output, job.input)
+        if target is not None:
+            _enter_step(session, out, job, version, target, prev=output)
+            return
     except PermanentError as exc:
         _finish_job(out, job, JobStatus.FAILED, error=f"after step {step_name!r}: {exc}")
         return

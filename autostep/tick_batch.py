@@ -42,7 +42,16 @@ from sqlalchemy.orm import Session
 
 from autostep import registry
 from autostep.catalog import CompiledVersion, latest_version, load_version, lock_active_workflow
-from autostep.completion import check_budget, new_job, new_task, step_input, step_message, task_row
+from autostep.completion import (
+    INSERT_BORN,
+    INSERT_SENT,
+    check_budget,
+    new_job,
+    new_task,
+    step_input,
+    step_message,
+    task_row,
+)
 from autostep.definitions import StepDefinition
 from autostep.events import job_event, process_event
 from autostep.exceptions import ConflictError, InvalidInput, NotFoundError, PermanentError
@@ -63,7 +72,7 @@ from autostep.validation import JobInput, check
 __all__ = ["fire_ticks"]
 
 #: The jobs, their first processes, their outbox rows (in ``seq`` order) and the ticks' outcomes.
-_WRITE = """
+_WRITE = f"""
 WITH jobs AS (
     INSERT INTO job (id, workflow_id, version_id, status, trigger, trigger_id, input, steps,
                      version)
@@ -72,20 +81,8 @@ WITH jobs AS (
     FROM jsonb_to_recordset(%(jobs)s) AS r(
         id uuid, workflow_id uuid, version_id uuid, status text, trigger text,
         trigger_id uuid, input jsonb, steps int, version int)),
-born AS (
-    INSERT INTO process (id, job_id, kind, step, function, status, attempt, input, version)
-    SELECT r.id, r.job_id, r.kind, r.step, r.function, r.status, r.attempt, r.input, r.version
-    FROM jsonb_to_recordset(%(born)s) AS r(
-        id uuid, job_id uuid, kind text, step text, function text, status text,
-        attempt int, input jsonb, version int)),
-sent AS (
-    INSERT INTO outbox (id, shard, attempts, aggregate_type, aggregate_id, type, exchange,
-                        routing_key, mandatory, payload)
-    SELECT r.id, r.shard, r.attempts, r.aggregate_type, r.aggregate_id, r.type, r.exchange,
-           r.routing_key, r.mandatory, r.payload
-    FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
-         LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
-    ORDER BY e.n),
+{INSERT_BORN},
+{INSERT_SENT},
 recorded AS (
     UPDATE trigger_tick AS t SET outcome = r.outcome, reason = r.reason, job_id = r.job_id
     FROM jsonb_to_recordset(%(ticks)s) AS r(

@@ -100,10 +100,14 @@ def _outcome(
                 (t.scheduled_at, t.outcome, why(t.reason), t.job_id in by_job) for t in ticks
             ],
             "jobs": [(j.status, j.trigger, j.input, j.steps, j.version) for j in jobs],
-            "processes": [
-                (by_job[p.job_id], p.step, p.function, p.status, p.attempt, p.input, p.version)
-                for p in processes
-            ],
+            # by job (two jobs of one transaction share their created_at), then as created
+            "processes": sorted(
+                (
+                    (by_job[p.job_id], p.step, p.function, p.status, p.attempt, p.input, p.version)
+                    for p in processes
+                ),
+                key=lambda row: row[0],
+            ),
             "outbox": [
                 (
                     by_job[owner[row.aggregate_id]],

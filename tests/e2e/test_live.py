@@ -366,29 +366,21 @@ def test_a_slow_client_is_closed_and_the_others_keep_receiving(
 ) -> None:
     publish(session_factory, str(project_id), ECHO)
     server, url = gateway("gateway", AUTOSTEP_LIVE_SEND_BUFFER="64")
-    fast = watcher(url, "project", project_id)
-    slow = watcher(url, "project", project_id)
-    for each in (fast, slow):
-        each.wait_snapshot()
-    slow.popen.send_signal(signal.SIGSTOP)  # it reads nothing more: its socket fills up
+    fast, slow = _fast_and_stopped(watcher, url, project_id)
     try:
         # frames of 250 kB that do not compress, 20 runs at a time, until they are more
         # than the sockets between the gateway and the stopped client hold (about 4 MB)
         jobs: list[uuid.UUID] = []
         while "closed with 4008" not in server.output():
             assert len(jobs) < 160, f"the slow client was not closed:\n{server.tail()}"
-            batch = [
-                start(session_factory, str(project_id), "echo", {"pad": token_urlsafe(190_000)})
-                for _ in range(20)
-            ]
+            batch = _padded_runs(session_factory, project_id)
             for job_id in batch:  # the gateway has routed every event to both clients
                 fast.wait_for(f"the end of job {job_id}", _finished(job_id))
             jobs += batch
             time.sleep(0.2)  # the log line follows the close
     finally:
         slow.popen.send_signal(signal.SIGCONT)
-    assert slow.popen.wait(WAIT) == 1
-    assert "the gateway closed the connection: 4008 slow client" in slow.err.read_text()
+    _closed_as_slow(slow)
 
     jobs += [start(session_factory, str(project_id), "echo", {"n": n}) for n in range(3)]
     for job_id in jobs:
@@ -408,18 +400,11 @@ def test_a_client_that_stops_reading_is_closed_when_few_events_follow(
 ) -> None:
     publish(session_factory, str(project_id), ECHO)
     server, url = gateway("gateway", AUTOSTEP_LIVE_SEND_TIMEOUT="2")
-    fast = watcher(url, "project", project_id)
-    slow = watcher(url, "project", project_id)
-    for each in (fast, slow):
-        each.wait_snapshot()
-    slow.popen.send_signal(signal.SIGSTOP)
+    fast, slow = _fast_and_stopped(watcher, url, project_id)
     try:
         # about 10 MB of frames that do not compress: more than the sockets between the
         # gateway and the stopped client hold, far fewer frames than its send buffer (1,000)
-        jobs = [
-            start(session_factory, str(project_id), "echo", {"pad": token_urlsafe(190_000)})
-            for _ in range(20)
-        ]
+        jobs = _padded_runs(session_factory, project_id)
         for job_id in jobs:
             fast.wait_for(f"the end of job {job_id}", _finished(job_id))
         # no event follows: only the send that waits on the full socket can close it
@@ -429,10 +414,38 @@ def test_a_client_that_stops_reading_is_closed_when_few_events_follow(
             time.sleep(0.1)
     finally:
         slow.popen.send_signal(signal.SIGCONT)
-    assert slow.popen.wait(WAIT) == 1
-    assert "the gateway closed the connection: 4008 slow client" in slow.err.read_text()
+    _closed_as_slow(slow)
     assert fast.popen.poll() is None  # still connected
     assert _metrics(url)["autostep_ws_slow_clients_closed_total"] == 1
+
+
+def _fast_and_stopped(
+    watcher: Callable[..., Watcher], url: str, project_id: uuid.UUID
+) -> tuple[Watcher, Watcher]:
+    """Two clients on the project, both with their snapshot; the second one stopped (SIGSTOP).
+
+    The stopped one reads nothing more, so its socket buffers fill up.
+    """
+    fast = watcher(url, "project", project_id)
+    slow = watcher(url, "project", project_id)
+    for each in (fast, slow):
+        each.wait_snapshot()
+    slow.popen.send_signal(signal.SIGSTOP)
+    return fast, slow
+
+
+def _padded_runs(session_factory: Any, project_id: uuid.UUID) -> list[uuid.UUID]:
+    """20 runs whose events carry 250 kB that does not compress: about 5 MB of frames."""
+    return [
+        start(session_factory, str(project_id), "echo", {"pad": token_urlsafe(190_000)})
+        for _ in range(20)
+    ]
+
+
+def _closed_as_slow(slow: Watcher) -> None:
+    """The stopped client, let go again, finds itself closed with 4008."""
+    assert slow.popen.wait(WAIT) == 1
+    assert "the gateway closed the connection: 4008 slow client" in slow.err.read_text()
 
 
 def _exchange(url: str, env: dict[str, str], count: int, *frames: str) -> list[dict[str, Any]]:

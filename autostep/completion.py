@@ -47,6 +47,7 @@ __all__ = [
     "INSERT_SENT",
     "Completed",
     "check_budget",
+    "compact_json",
     "complete",
     "new_job",
     "new_task",
@@ -63,12 +64,13 @@ INSERT_BORN = """born AS (
     FROM jsonb_to_recordset(%(born)s) AS r(
         id uuid, job_id uuid, kind text, step text, function text, status text,
         attempt int, input jsonb, version int))"""
-#: A CTE that inserts the outbox rows of the JSON array ``%(outbox)s``, in its order (``seq``).
+#: A CTE that inserts the outbox rows of the JSON array ``%(outbox)s``, in its order
+#: (``seq``); a row without ``available_at`` is due at once.
 INSERT_SENT = """sent AS (
     INSERT INTO outbox (id, shard, attempts, aggregate_type, aggregate_id, type, exchange,
-                        routing_key, mandatory, payload)
+                        routing_key, mandatory, payload, available_at)
     SELECT r.id, r.shard, r.attempts, r.aggregate_type, r.aggregate_id, r.type, r.exchange,
-           r.routing_key, r.mandatory, r.payload
+           r.routing_key, r.mandatory, r.payload, coalesce(r.available_at, now())
     FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
          LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
     ORDER BY e.n)"""
@@ -259,10 +261,7 @@ def _write(
     out: OutboxWriter,
 ) -> int | None:
     """The one statement that writes a completion; the parent's pending count, if any."""
-    rows = [
-        {**row, "id": str(row["id"]), "aggregate_id": str(row["aggregate_id"])} for row in out.rows
-    ]
-    assert all("available_at" not in row for row in rows), "no delayed row on this path"
+    rows = out.take()
     params = {
         "id": done.id,
         "status": str(done.status),
@@ -279,13 +278,12 @@ def _write(
         "job_error": changed.error,
         "job_finished_at": changed.finished_at,
         "job_version": changed.version,
-        "born": Jsonb(born, dumps=_dumps),
-        "outbox": Jsonb(rows, dumps=_dumps),
+        "born": Jsonb(born, dumps=compact_json),
+        "outbox": Jsonb(rows, dumps=compact_json),
     }
     with connection.cursor() as cursor:
         cursor.execute(_WRITE, params, prepare=True)
         found = cursor.fetchone()
-    out.rows.clear()
     return None if found is None or found[0] is None else int(found[0])
 
 
@@ -423,5 +421,13 @@ def _driver(session: Session) -> psycopg.Connection[Any]:
     return driver
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def compact_json(value: Any) -> str:
+    """JSON for the multi-row statements: compact, with timestamps in ISO 8601."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> str:
+    """Timestamps (an outbox row's ``available_at``) as ISO 8601, which PostgreSQL reads."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

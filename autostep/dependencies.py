@@ -13,6 +13,10 @@ service of a process shares one :class:`RunnerPresence`: one runner id, one
 heartbeat greenlet refreshing all its rows every
 ``registry_heartbeat_seconds`` and touching the ``functions`` heartbeat file
 that ``autostep health`` checks (:mod:`autostep.health`).
+
+:class:`StepDispatch` gives a function service's workers the process's
+:class:`~autostep.dispatch.StepDispatcher`, which publishes the step
+messages of their commits; it runs while any function service does.
 """
 
 from __future__ import annotations
@@ -36,10 +40,17 @@ from autostep.db import (
     side_session_factory,
     unit_of_work,
 )
+from autostep.dispatch import StepDispatcher, step_dispatcher
 from autostep.sdk import FunctionSpec
 from autostep.settings import get_settings
 
-__all__ = ["Database", "FunctionRegistration", "RunnerPresence", "runner_presence"]
+__all__ = [
+    "Database",
+    "FunctionRegistration",
+    "RunnerPresence",
+    "StepDispatch",
+    "runner_presence",
+]
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +187,41 @@ class FunctionRegistration(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> None:
         return None
+
+
+class StepDispatch(DependencyProvider):
+    """Gives each worker the process's :class:`StepDispatcher` for these servers.
+
+    The dispatcher starts with the first service that uses it and stops,
+    after publishing what it was handed, with the last one (nameko stops a
+    service's dependencies after its workers finished).
+    """
+
+    dispatcher: StepDispatcher | None
+
+    def setup(self) -> None:
+        settings = get_settings()
+        if not settings.direct_dispatch:
+            self.dispatcher = None
+            return
+        self.dispatcher = step_dispatcher(
+            config.get("AMQP_URI") or settings.amqp_uri,
+            config.get("DATABASE_URL") or settings.database_url,
+        )
+
+    def start(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.users += 1
+            self.dispatcher.start()
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.users -= 1
+            if self.dispatcher.users <= 0:
+                self.dispatcher.stop()
+
+    def kill(self) -> None:
+        self.stop()
+
+    def get_dependency(self, worker_ctx: Any) -> StepDispatcher | None:
+        return self.dispatcher

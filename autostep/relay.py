@@ -21,14 +21,22 @@ One loop per relay process:
    (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``),
    leasing them with a fresh token; a lease that ran out (its relay
    vanished) no longer protects its rows.
-3. **Publish** them (:meth:`Relay.publish`) in ``seq`` order on one
+3. **Publish** them (:meth:`Relay.publish`, through
+   :class:`~autostep.confirmed.ConfirmedPublisher`) in ``seq`` order on one
    confirm-mode channel, pipelined, step messages with ``mandatory`` set; the
    outbox id is the AMQP ``message_id``, which consumers record in their inbox.
+   A row of events (one per transaction) gives one message per event, in order.
 4. **Settle** (:meth:`Relay.settle`): delete the confirmed rows whose lease
    token is still ours, and release nacked or returned ones with a backoff
    (``available_at``); rows another relay claimed since are left to it.
 5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
-   insert), the next delayed row, or the polling fallback.
+   insert when a step message is due at once), the next delayed row, or
+   ``relay_poll_seconds`` (0.05 s: events notify no one, so the poll is how
+   they are found).
+
+Step messages a function runner commits are published by the runner itself
+(:mod:`autostep.dispatch`); their rows become due only after a grace, so
+the relay publishes them only when the runner could not.
 
 **Outages.** The relay reads its broker connection while it waits, every
 :data:`TICK_SECONDS`, and keeps AMQP heartbeats going
@@ -50,15 +58,13 @@ through the inbox, so the effect happens once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import select
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import amqp
@@ -66,10 +72,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from autostep import health, inbox
-from autostep.exceptions import BrokerUnavailable, DatabaseUnavailable, InfrastructureError
+from autostep.confirmed import ConfirmedPublisher, Publication
+from autostep.exceptions import DatabaseUnavailable, InfrastructureError
 from autostep.outbox import SHARDS
-from autostep.settings import Settings, amqp_params, get_settings, libpq_dsn
-from autostep.topology import declare_base, declare_step_queue
+from autostep.settings import Settings, get_settings, libpq_dsn
 
 __all__ = ["MEMBER_LOCK", "SHARD_LOCK", "Claim", "Publication", "Relay"]
 
@@ -83,23 +89,35 @@ RELEASE_BACKOFF_SECONDS = 2.0
 TICK_SECONDS = 0.5
 #: Seconds a connection attempt (TCP and handshake) to either server may take.
 CONNECT_TIMEOUT_SECONDS = 3.0
-#: Seconds the broker has to confirm a batch before the relay gives up on it.
-CONFIRM_TIMEOUT_SECONDS = 30.0
 #: Reconnection delays: the first, and the most (each drawn with jitter below it).
 RECONNECT_MIN_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 2.0
 
+#: Lease due rows and return their messages: one per row, except a row of
+#: events (:data:`autostep.outbox.EVENTS_ROW`), which gives one message per
+#: event, in order: the first with the row's id, the others with ids derived from it.
 CLAIM = """
-UPDATE outbox SET lease_token = %(token)s,
-                  lease_until = now() + make_interval(secs => %(lease)s),
-                  attempts = attempts + 1
-WHERE id IN (
-    SELECT id FROM outbox
-    WHERE shard = ANY(%(shards)s) AND available_at <= now()
-      AND (lease_until IS NULL OR lease_until < now())
-    ORDER BY seq LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, seq, type, exchange, routing_key, mandatory, payload::text AS body, attempts
+WITH claimed AS (
+    UPDATE outbox SET lease_token = %(token)s,
+                      lease_until = now() + make_interval(secs => %(lease)s),
+                      attempts = attempts + 1
+    WHERE id IN (
+        SELECT id FROM outbox
+        WHERE shard = ANY(%(shards)s) AND available_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        ORDER BY seq LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, seq, type, exchange, routing_key, mandatory, payload, attempts)
+SELECT c.id, c.seq, c.exchange, c.mandatory, c.attempts,
+       coalesce(e.value ->> 'type', c.type) AS type,
+       coalesce(e.value ->> 'type', c.routing_key) AS routing_key,
+       coalesce(e.value -> 'payload', c.payload)::text AS body,
+       CASE WHEN coalesce(e.n, 1) = 1 THEN c.id ELSE md5(c.id::text || '/' || e.n)::uuid END
+           AS message_id
+FROM claimed AS c
+LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN c.type = 'events' THEN c.payload END)
+    WITH ORDINALITY AS e(value, n) ON true
+ORDER BY c.seq, e.n
 """
 DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s) AND lease_token = %(token)s"
 RELEASE = """
@@ -127,20 +145,18 @@ WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND gr
 
 @dataclass
 class Claim:
-    """Outbox rows leased to one relay under ``token``, in ``seq`` order."""
+    """Outbox rows leased to one relay under ``token``: their messages, in ``seq`` order.
+
+    A row of events gives several messages (``rows`` holds one dict per
+    message; ``id`` is the row's, ``message_id`` the message's).
+    """
 
     token: uuid.UUID
     rows: list[dict[str, Any]]
 
-
-@dataclass
-class Publication:
-    """The publishes of one claim and what the broker said of each."""
-
-    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery tag -> row
-    acked: set[uuid.UUID] = field(default_factory=set)
-    failed: set[uuid.UUID] = field(default_factory=set)
-    outstanding: set[int] = field(default_factory=set)
+    @property
+    def row_ids(self) -> set[uuid.UUID]:
+        return {row["id"] for row in self.rows}
 
 
 class Relay:
@@ -152,12 +168,11 @@ class Relay:
         self.shards: set[int] = set()
         self.published = 0
         self._db: psycopg.Connection[Any] | None = None
-        self._amqp: amqp.Connection | None = None
-        self._channel: Any = None
-        self._declaring: Any = None
-        self._declared: set[str] = set()
-        self._batch = Publication()
-        self._next_tag = 1
+        self.publisher = ConfirmedPublisher(
+            self.settings.amqp_uri,
+            heartbeat=self.settings.relay_heartbeat_seconds,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        )
         self._rebalanced_at = 0.0
         self._pruned_at = 0.0
 
@@ -176,40 +191,19 @@ class Relay:
         # for the WAL flush on the relay's own commits.
         db.execute("SET synchronous_commit = off")
         self._db = db
-        conn = amqp.Connection(
-            **amqp_params(
-                self.settings.amqp_uri,
-                heartbeat=self.settings.relay_heartbeat_seconds,
-                timeout=CONNECT_TIMEOUT_SECONDS,
-            )
-        )
-        self._amqp = conn
-        conn.connect()
-        channel = conn.channel()
-        channel.confirm_select()
-        channel.events["basic_ack"].add(self._on_ack)
-        channel.events["basic_nack"].add(self._on_nack)
-        channel.events["basic_return"].add(self._on_return)
-        declare_base(channel)
-        # Queues are declared on a channel of their own: a refused declaration
-        # closes its channel, and must not take the publishes' confirms with it.
-        self._channel, self._declaring = channel, conn.channel()
-        self._declared.clear()
-        self._next_tag = 1
+        self.publisher.connect()
         self.rebalance()
         log.info("relay connected, holding %d of %d shards", len(self.shards), SHARDS)
 
     def close(self, *, broken: bool = False) -> None:
         """Close both connections; ``broken``: drop the broker's without a closing handshake."""
-        if broken and self._amqp is not None:
-            self._amqp.collect()
-        for resource in (self._amqp, self._db):
-            if resource is not None:
-                try:
-                    resource.close()
-                except Exception:  # closing a broken connection
-                    log.debug("error while closing", exc_info=True)
-        self._amqp = self._db = self._channel = self._declaring = None
+        self.publisher.close(broken=broken)
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:  # closing a broken connection
+                log.debug("error while closing", exc_info=True)
+        self._db = None
         self.shards.clear()
 
     def stop(self) -> None:
@@ -313,7 +307,7 @@ class Relay:
                 self.release_failed(claim)
                 raise
             self.settle(claim, publication)
-        return len(claim.rows)
+        return len(claim.row_ids)
 
     def claim(self) -> Claim:
         """Lease up to ``relay_batch_size`` due rows of this relay's shards."""
@@ -328,45 +322,11 @@ class Relay:
         }
         with self._require_db().cursor(row_factory=dict_row) as cur:
             cur.execute(CLAIM, params)
-            return Claim(token, sorted(cur.fetchall(), key=lambda row: row["seq"]))
+            return Claim(token, cur.fetchall())
 
     def publish(self, claim: Claim) -> Publication:
-        """Publish the claimed rows in order and wait for every confirm (or return)."""
-        channel, conn = self._channel, self._amqp
-        if channel is None or conn is None:
-            raise BrokerUnavailable("relay is not connected")
-        self._batch = batch = Publication()
-        for row in claim.rows:
-            if row["mandatory"] and row["routing_key"] not in self._declared:
-                self._declaring = declare_step_queue(self._declaring, row["routing_key"])
-                self._declared.add(row["routing_key"])
-            message = amqp.Message(
-                row["body"],
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                message_id=str(row["id"]),
-                type=row["type"],
-                application_headers={"x-autostep-seq": row["seq"]},
-            )
-            channel.basic_publish(
-                message,
-                exchange=row["exchange"],
-                routing_key=row["routing_key"],
-                mandatory=row["mandatory"],
-            )
-            batch.rows[self._next_tag] = row
-            batch.outstanding.add(self._next_tag)
-            self._next_tag += 1
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while batch.outstanding:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerUnavailable("publisher confirms timed out")
-            with contextlib.suppress(TimeoutError):  # no frame within the tick
-                conn.drain_events(timeout=min(remaining, TICK_SECONDS))
-            conn.heartbeat_tick()
-        return batch
+        """Publish the claimed messages in order and wait for every confirm (or return)."""
+        return self.publisher.publish(claim.rows)
 
     def settle(self, claim: Claim, publication: Publication) -> None:
         """Delete the confirmed rows and release the failed ones, if still ours."""
@@ -389,8 +349,8 @@ class Relay:
         waiting for their lease to run out. The database may be gone too:
         then the leases run out, or the next owner of the shards releases them.
         """
-        batch = self._batch
-        claimed = {row["id"] for row in claim.rows}
+        batch = self.publisher.batch
+        claimed = claim.row_ids
         acked = batch.acked & claimed
         params = {"ids": list(claimed - acked), "token": claim.token, "delay": 0.0}
         try:
@@ -400,35 +360,6 @@ class Relay:
             db.execute(RELEASE, params)
         except (InfrastructureError, psycopg.Error) as exc:
             log.info("could not release the rows of a failed publication (%s)", exc)
-
-    def _confirm(self, delivery_tag: int, multiple: bool, ok: bool) -> None:
-        batch = self._batch
-        tags = [t for t in batch.outstanding if t <= delivery_tag] if multiple else [delivery_tag]
-        for tag in tags:
-            if tag not in batch.outstanding:
-                continue
-            batch.outstanding.discard(tag)
-            row_id = batch.rows[tag]["id"]
-            if ok and row_id not in batch.failed:
-                batch.acked.add(row_id)
-            else:
-                batch.failed.add(row_id)
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._confirm(delivery_tag, multiple, ok=True)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        log.warning("broker nacked delivery %s", delivery_tag)
-        self._confirm(delivery_tag, multiple, ok=False)
-
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        # A return precedes the message's ack: mark it so the ack cannot delete it,
-        # and declare the queue again before the retry (someone deleted it).
-        message_id = message.properties.get("message_id")
-        log.warning("unroutable step message %s (no queue bound); will retry", message_id)
-        self._declared.discard(routing_key)
-        if message_id:
-            self._batch.failed.add(uuid.UUID(message_id))
 
     # -- waiting ------------------------------------------------------------
 
@@ -448,17 +379,7 @@ class Relay:
         Raises (``OSError`` or an AMQP error) when the broker closed the
         connection or fell silent for two heartbeat intervals.
         """
-        conn = self._amqp
-        if conn is None or conn.sock is None:
-            raise BrokerUnavailable("relay is not connected")
-        # Frames first (heartbeats among them), so a relay that was busy
-        # elsewhere does not take the broker's silence for death.
-        while select.select([conn.sock], [], [], 0)[0]:
-            try:
-                conn.drain_events(timeout=TICK_SECONDS)
-            except TimeoutError:
-                break
-        conn.heartbeat_tick()
+        self.publisher.tend()
 
     def _wait(self, timeout: float) -> None:
         """Wait for a NOTIFY, at most ``timeout`` seconds, tending the broker meanwhile."""

@@ -43,8 +43,17 @@ class Settings(BaseSettings):
     relay_batch_size: int = 500
     #: Relay: seconds a claim is leased before another relay may take the rows.
     relay_lease_seconds: float = 30.0
-    #: Relay: polling fallback when no NOTIFY arrives.
-    relay_poll_seconds: float = 1.0
+    #: Relay: seconds between two looks for due rows when no NOTIFY comes. Events
+    #: notify no one (only due step messages do), so this is how late an event
+    #: may reach the live grid.
+    relay_poll_seconds: float = 0.05
+    #: Runner: seconds after its commit at which a step message the runner
+    #: publishes itself becomes the relay's to publish, if it is still in the
+    #: outbox (the runner crashed, or could not reach the broker, before it).
+    dispatch_grace_seconds: float = 10.0
+    #: Runner: publish the step messages of its own commits itself (True), or
+    #: leave them all to the relay (False).
+    direct_dispatch: bool = True
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
     #: Relay: AMQP heartbeat interval; a broker silent for two of them is taken for dead.

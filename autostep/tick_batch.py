@@ -27,7 +27,6 @@ behaviour. The ticks of one trigger are handled oldest first; under
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from autostep.completion import (
     INSERT_BORN,
     INSERT_SENT,
     check_budget,
+    compact_json,
     new_job,
     new_task,
     step_input,
@@ -263,9 +263,7 @@ def _start(
         }
     )
     batch.born.append(task_row(task, data))
-    batch.outbox += [
-        {**row, "id": str(row["id"]), "aggregate_id": str(row["aggregate_id"])} for row in out.rows
-    ]
+    batch.outbox += out.take()
     return job.id
 
 
@@ -299,16 +297,12 @@ def _write(session: Session, batch: _Batch) -> None:
     if not batch.ticks:
         return
     params = {
-        "jobs": Jsonb(batch.jobs, dumps=_dumps),
-        "born": Jsonb(batch.born, dumps=_dumps),
-        "outbox": Jsonb(batch.outbox, dumps=_dumps),
-        "ticks": Jsonb(batch.ticks, dumps=_dumps),
+        "jobs": Jsonb(batch.jobs, dumps=compact_json),
+        "born": Jsonb(batch.born, dumps=compact_json),
+        "outbox": Jsonb(batch.outbox, dumps=compact_json),
+        "ticks": Jsonb(batch.ticks, dumps=compact_json),
     }
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     with driver.cursor() as cursor:
         cursor.execute(_WRITE, params, prepare=True)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

@@ -359,7 +359,7 @@ def _changed(session: Session, trigger: Trigger) -> None:
 
 def _announce(session: Session, trigger: Trigger, *, deleted: bool = False) -> None:
     """Put ``trigger.changed`` into the outbox, in the caller's transaction."""
-    out = OutboxWriter(session, trigger.id)
+    out = OutboxWriter(session, trigger.id, aggregate="trigger")
     out.event(
         CHANGED_EVENT,
         trigger.id,

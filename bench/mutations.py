@@ -53,6 +53,7 @@ class Mutation:
 
 EXACTLY_ONCE = "tests/service/test_exactly_once.py"
 RELAY = "tests/service/test_relay.py"
+DISPATCH = "tests/service/test_dispatch.py"
 FAILURES = "tests/service/test_failures.py"
 ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
@@ -144,14 +145,30 @@ MUTATIONS = (
         "autostep/runs.py",
         "    if not found.fresh:\n        return False\n",
         "",
-        (EXACTLY_ONCE, "tests/service/test_delivery.py"),
+        (EXACTLY_ONCE, "tests/service/test_delivery.py", DISPATCH),
+    ),
+    Mutation(
+        "direct-steps-not-in-outbox",
+        "no lost step: a step message the runner publishes itself is in the outbox too",
+        "autostep/outbox.py",
+        "        self._steps.append(row)\n",
+        "        if not direct:\n            self._steps.append(row)\n",
+        (DISPATCH,),
+    ),
+    Mutation(
+        "dispatcher-never-deletes",
+        "a step message the runner published is not published again by the relay",
+        "autostep/dispatch.py",
+        '        self._db.execute(DELETE, {"ids": ids})\n',
+        "",
+        (DISPATCH,),
     ),
     Mutation(
         "claim-without-skip-locked",
         "two claims never take the same row nor wait for each other",
         "autostep/relay.py",
-        "    ORDER BY seq LIMIT %(limit)s\n    FOR UPDATE SKIP LOCKED)",
-        "    ORDER BY seq LIMIT %(limit)s)",
+        "        ORDER BY seq LIMIT %(limit)s\n        FOR UPDATE SKIP LOCKED)",
+        "        ORDER BY seq LIMIT %(limit)s)",
         (RELAY,),
     ),
     Mutation(
@@ -259,10 +276,10 @@ MUTATIONS = (
         "killed-worker-goes-on",
         "a worker killed while it waits for its running mark records no failure",
         "autostep/functions/runner.py",
-        "                if marker:  # started and not finished: let it finish\n",
-        "                with __import__('contextlib').suppress(\n"
-        "                    __import__('greenlet').GreenletExit\n"
-        "                ):\n",
+        "        if marker:  # started and not finished: let it finish\n",
+        "        with __import__('contextlib').suppress(\n"
+        "            __import__('greenlet').GreenletExit\n"
+        "        ):\n",
         (RUNNER_FAULTS,),
     ),
     Mutation(

@@ -50,6 +50,7 @@ from autostep.db import (
     side_session_factory,
     unit_of_work,
 )
+from autostep.dispatch import StepDispatcher
 from autostep.exceptions import (
     DatabaseUnavailable,
     NotFoundError,
@@ -60,6 +61,7 @@ from autostep.exceptions import (
     TransactionConflict,
 )
 from autostep.messages import StepMessage, parse_step_message
+from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 from autostep.settings import get_settings
 
@@ -89,17 +91,21 @@ def run_step(
     message_id: str | None,
     *,
     consumer: str,
+    dispatcher: StepDispatcher | None = None,
 ) -> StepOutcome:
     """Run the step message ``body`` once, exactly once in effect.
 
     Raises :class:`PoisonMessage` for a message that is unreadable or fits no
     process, and :class:`~autostep.exceptions.DatabaseUnavailable` when the
     database is lost (or its transaction kept conflicting with others).
+    With a ``dispatcher``, the step messages the transaction commits are
+    published by it right after the commit (the relay publishes them only
+    if it cannot); without, by the relay.
     """
     message, msg_id = parse_step_message(body, message_id)
     try:
         return retry_conflicts(
-            lambda: _run(factory, spec, message, msg_id, consumer),
+            lambda: _run(factory, spec, message, msg_id, consumer, dispatcher),
             f"step {message.step} attempt {message.attempt}",
         )
     except NotFoundError as exc:
@@ -142,46 +148,23 @@ def _run(
     message: StepMessage,
     message_id: uuid.UUID,
     consumer: str,
+    dispatcher: StepDispatcher | None,
 ) -> StepOutcome:
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
+            committed_steps = dispatch_after_commit(session) if dispatcher else []
             if not runs.claim_step(
                 session, consumer, message_id, message.process_id, message.attempt
             ):
                 return StepOutcome.SKIPPED
-            context = StepContext(
-                job_id=message.job_id,
-                process_id=message.process_id,
-                step=message.step,
-                attempt=message.attempt,
-                session=session,
-                extra={"message_id": message_id},
-            )
             started_at = datetime.now(UTC)
-            marker = eventlet.spawn_after(
-                get_settings().running_mark_seconds,
-                _mark_running,
-                side_session_factory(session.get_bind().engine),
-                message,
-            )
-            timeout = RetryableError(f"timed out after {policy.timeout}s")
-            try:
-                with eventlet.Timeout(policy.timeout, timeout):
-                    output = spec.call(message.input, context)
-            except RetryableError as exc:
-                if exc is timeout:
-                    # it may have cut a statement short: the connection is mid-command
-                    discard_connection(session)
-                raise
-            finally:
-                marker.cancel()  # not started yet: it never runs
-                if marker:  # started and not finished: let it finish
-                    # (a kill of this worker while it waits goes on up)
-                    marker.wait()
+            output = call_function(session, spec, message, message_id, policy)
             runs.complete_process(
                 session, message.process_id, message.attempt, output, started_at=started_at
             )
+        if dispatcher is not None:
+            dispatcher.send(committed_steps)
         return StepOutcome.SUCCEEDED
     except StaleAttempt:
         return StepOutcome.SKIPPED
@@ -190,10 +173,59 @@ def _run(
     except NotFoundError:
         raise
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        retry_in = _retry_delay(exc, policy, message.attempt)
-        log.info("step %s attempt %s failed: %s", message.step, message.attempt, error)
+        error, retry_in = failure(exc, policy, message)
     return record_failure(factory, consumer, message, message_id, error, retry_in)
+
+
+def failure(exc: Exception, policy: RetryPolicy, message: StepMessage) -> tuple[str, float | None]:
+    """The error of a failed attempt, and seconds until the next (None: it fails for good)."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.info("step %s attempt %s failed: %s", message.step, message.attempt, error)
+    return error, _retry_delay(exc, policy, message.attempt)
+
+
+def call_function(
+    session: Session,
+    spec: FunctionSpec,
+    message: StepMessage,
+    message_id: uuid.UUID,
+    policy: RetryPolicy,
+) -> dict[str, Any]:
+    """Call ``spec``'s function over the message's input in ``session``'s transaction.
+
+    Bounded by the policy's timeout (:class:`RetryableError`; a statement it
+    cut short has its connection dropped); a step still running after
+    ``running_mark_seconds`` is marked running by a short transaction of
+    its own.
+    """
+    context = StepContext(
+        job_id=message.job_id,
+        process_id=message.process_id,
+        step=message.step,
+        attempt=message.attempt,
+        session=session,
+        extra={"message_id": message_id},
+    )
+    marker = eventlet.spawn_after(
+        get_settings().running_mark_seconds,
+        _mark_running,
+        side_session_factory(session.get_bind().engine),
+        message,
+    )
+    timeout = RetryableError(f"timed out after {policy.timeout}s")
+    try:
+        with eventlet.Timeout(policy.timeout, timeout):
+            return spec.call(message.input, context)
+    except RetryableError as exc:
+        if exc is timeout:
+            # it may have cut a statement short: the connection is mid-command
+            discard_connection(session)
+        raise
+    finally:
+        marker.cancel()  # not started yet: it never runs
+        if marker:  # started and not finished: let it finish
+            # (a kill of this worker while it waits goes on up)
+            marker.wait()
 
 
 def record_failure(

@@ -10,8 +10,9 @@
 
     globals().update(services_for(__name__))   # nameko run mymodule
 
-Each service is named ``fn_<function>``, has the :class:`Database`
-dependency and one :class:`StepConsumer` entrypoint that delegates to
+Each service is named ``fn_<function>``, has the :class:`Database` and
+:class:`StepDispatch` dependencies (the latter publishes the step messages
+its transactions commit, right after the commit) and one :class:`StepConsumer` entrypoint that delegates to
 :func:`autostep.functions.runner.run_step` (through
 :func:`~autostep.functions.entrypoint.settle`, which holds the message through
 database outages and says whether to ack, dead-letter or requeue it). Its
@@ -27,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from autostep.dependencies import Database, FunctionRegistration
+from autostep.dependencies import Database, FunctionRegistration, StepDispatch
 from autostep.exceptions import NotFoundError
 from autostep.functions.entrypoint import Delivery, settle, step_consumer
 from autostep.functions.runner import run_step
@@ -44,13 +45,20 @@ def service_for(spec: FunctionSpec) -> type:
     def handle(self: Any, delivery: Delivery) -> str:
         factory: sessionmaker[Session] = self.db
         work = partial(
-            run_step, factory, spec, delivery.body, delivery.message_id, consumer=service_name
+            run_step,
+            factory,
+            spec,
+            delivery.body,
+            delivery.message_id,
+            consumer=service_name,
+            dispatcher=self.dispatch,
         )
         return str(settle(delivery, work, factory))
 
     namespace = {
         "name": service_name,
         "db": Database(),
+        "dispatch": StepDispatch(),
         "registration": FunctionRegistration(spec),
         "handle": step_consumer(spec.name)(handle),
         "__doc__": f"Runs the step function {spec.name!r}.",

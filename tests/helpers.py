@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import amqp
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
@@ -25,6 +27,26 @@ def start(session_factory: Any, project: str, workflow: str, data: dict[str, Any
     """Start a run of ``workflow`` with input ``data``; its job id."""
     with unit_of_work(session_factory) as session:
         return start_job(session, project, workflow, data).id
+
+
+def outbox_events(
+    session: Session, event_type: str, entity_id: uuid.UUID | str | None = None
+) -> list[Any]:
+    """The payloads of the ``event_type`` events (about ``entity_id``) still in the outbox.
+
+    A transaction's events share one outbox row (a list), so they are read
+    from the lists, in the order of their rows.
+    """
+    rows = session.execute(
+        text(
+            "SELECT e.value -> 'payload' FROM outbox AS o,"
+            " jsonb_array_elements(o.payload) WITH ORDINALITY AS e(value, n)"
+            " WHERE o.type = 'events' AND e.value ->> 'type' = :type"
+            " AND (CAST(:id AS text) IS NULL OR e.value ->> 'id' = :id) ORDER BY o.seq, e.n"
+        ),
+        {"type": event_type, "id": None if entity_id is None else str(entity_id)},
+    )
+    return list(rows.scalars())
 
 
 class Tap:

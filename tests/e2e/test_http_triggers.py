@@ -23,6 +23,7 @@ from sqlalchemy import text
 from autostep.db import unit_of_work
 from tests.e2e.conftest import Gateway, ManagedProcess
 from tests.e2e.http_checks import _ok, _problem, _until
+from tests.helpers import outbox_events
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +51,8 @@ def _scalar(session_factory: Any, sql: str, **params: Any) -> Any:
 
 def _announced(session_factory: Any, trigger_id: str) -> list[tuple[int, bool, bool]]:
     """The (version, enabled, deleted) of the trigger's ``trigger.changed`` rows, in order."""
-    sql = (
-        "SELECT payload FROM outbox WHERE type = 'trigger.changed' AND aggregate_id = :id "
-        "ORDER BY seq"
-    )
     with unit_of_work(session_factory) as session:
-        rows = session.execute(text(sql), {"id": trigger_id}).scalars()
+        rows = outbox_events(session, "trigger.changed", trigger_id)
         return [(p["version"], p["enabled"], p["deleted"]) for p in rows]
 
 

@@ -23,6 +23,7 @@ from autostep.runs import start_job
 from autostep.sdk import REGISTRY
 from autostep.settings import Settings, amqp_params
 from autostep.topology import DEAD_QUEUE, EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
+from tests.helpers import outbox_events
 
 CHAIN = {
     "name": "pair",
@@ -253,9 +254,7 @@ def test_a_dead_lettered_step_fails_its_process_and_job_once(
 
     with unit_of_work(session_factory) as session:
         view = job_view(session, job_id)
-        events = session.scalar(
-            select(func.count()).where(Outbox.type == "job.updated", Outbox.aggregate_id == job_id)
-        )
+        events = len(outbox_events(session, "job.updated", job_id))
     assert view["status"] == "failed"
     assert view["processes"][0]["status"] == "failed"
     # RabbitMQ 3.10 drops x-delivery-count from a dead letter: the limit (10) plus one

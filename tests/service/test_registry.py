@@ -23,12 +23,12 @@ from autostep.db import make_session_factory, unit_of_work
 from autostep.dependencies import RunnerPresence, runner_presence
 from autostep.functions.service import services_for
 from autostep.gateway.workflows import WorkflowsService
-from autostep.models import FunctionRunner, Outbox
+from autostep.models import FunctionRunner
 from autostep.nameko_runtime import nameko_config
 from autostep.queries import job_view
 from autostep.sdk import REGISTRY
 from autostep.settings import get_settings
-from tests.helpers import publish, start
+from tests.helpers import outbox_events, publish, start
 
 
 class ParcelIn(BaseModel):
@@ -239,12 +239,7 @@ def test_a_queued_step_of_an_unserved_function_says_what_it_waits_for(
     job_id = start(session_factory, project, "ship", {"parcel_id": 1})
     with unit_of_work(session_factory) as session:
         view = job_view(session, job_id)
-        [event] = session.scalars(
-            select(Outbox.payload).where(
-                Outbox.type == "process.updated",
-                Outbox.aggregate_id == uuid.UUID(view["processes"][0]["id"]),
-            )
-        ).all()
+        [event] = outbox_events(session, "process.updated", uuid.UUID(view["processes"][0]["id"]))
     with unit_of_work(session_factory) as session:
         registry.register(
             session, f"late:{uuid.uuid4().hex}", [_renamed(REGISTRY["registry_ship"], unserved)]
@@ -271,12 +266,7 @@ def test_a_queued_step_of_a_served_function_waits_for_nothing(
     job_id = start(session_factory, project, "served", {"parcel_id": 2})
     with unit_of_work(session_factory) as session:
         view = job_view(session, job_id)
-        events = session.scalars(
-            select(Outbox.payload).where(
-                Outbox.type == "process.updated",
-                Outbox.aggregate_id == uuid.UUID(view["processes"][0]["id"]),
-            )
-        ).all()
+        events = outbox_events(session, "process.updated", uuid.UUID(view["processes"][0]["id"]))
 
     assert [p["waiting"] for p in view["processes"]] == [None]
     assert [e["waiting"] for e in events] == [None]

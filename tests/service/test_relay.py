@@ -222,10 +222,12 @@ def _job_in(shard: int) -> uuid.UUID:
 
 
 def _add_rows(session_factory: Any, job_id: uuid.UUID, kind: str, count: int = ROWS) -> list[str]:
+    ids = []
     with unit_of_work(session_factory) as session:
-        out = OutboxWriter(session, job_id)
-        ids = [out.event(kind, job_id, {"n": n}) for n in range(count)]
-        out.flush()
+        for n in range(count):  # a row each (one transaction's events share one row)
+            out = OutboxWriter(session, job_id)
+            out.event(kind, job_id, {"n": n})
+            ids += out.flush()
     return [str(row_id) for row_id in ids]
 
 

@@ -12,8 +12,8 @@ from autostep import triggers
 from autostep.catalog import archive_workflow, get_workflow
 from autostep.db import unit_of_work
 from autostep.exceptions import ConflictError, InvalidInput, NotFoundError
-from autostep.models import Outbox, Trigger
-from tests.helpers import publish
+from autostep.models import Trigger
+from tests.helpers import outbox_events, publish
 
 DEFINITION = {"name": "w", "steps": [{"name": "a", "function": "t_noop"}]}
 
@@ -27,12 +27,7 @@ def workflow(session_factory: Any, project: str) -> str:
 def changes(session_factory: Any, trigger_id: uuid.UUID) -> list[dict[str, Any]]:
     """The trigger.changed payloads of one trigger, oldest first."""
     with unit_of_work(session_factory) as session:
-        rows = session.scalars(
-            select(Outbox)
-            .where(Outbox.type == "trigger.changed", Outbox.aggregate_id == trigger_id)
-            .order_by(Outbox.seq)
-        )
-        return [row.payload for row in rows]
+        return outbox_events(session, "trigger.changed", trigger_id)
 
 
 def counts(session_factory: Any) -> tuple[int, int]:
@@ -40,10 +35,7 @@ def counts(session_factory: Any) -> tuple[int, int]:
     with unit_of_work(session_factory) as session:
         return (
             session.scalar(select(func.count()).select_from(Trigger)) or 0,
-            session.scalar(
-                select(func.count()).select_from(Outbox).where(Outbox.type == "trigger.changed")
-            )
-            or 0,
+            len(outbox_events(session, "trigger.changed")),
         )
 
 

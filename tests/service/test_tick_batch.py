@@ -116,15 +116,24 @@ def _outcome(
                     row.routing_key,
                     row.mandatory,
                     row.shard == shard_of(owner[row.aggregate_id]),
-                    {
-                        k: (v is not None) if k.endswith("_at") else v
-                        for k, v in row.payload.items()
-                        if k not in _IDS
-                    },
+                    _comparable(row.payload),
                 )
                 for row in outbox
             ],
         }
+
+
+def _comparable(payload: Any) -> Any:
+    """An outbox payload (a step message, or a list of events) without ids and times."""
+    if isinstance(payload, list):
+        return [_comparable(item) for item in payload]
+    if isinstance(payload, dict):
+        return {
+            k: (v is not None) if k.endswith("_at") else _comparable(v)
+            for k, v in payload.items()
+            if k not in _IDS
+        }
+    return payload
 
 
 CASES = [

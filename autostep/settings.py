@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     #: Runner: publish the step messages of its own commits itself (True), or
     #: leave them all to the relay (False).
     direct_dispatch: bool = True
+    #: Runner: most step messages of one function run in one transaction
+    #: (group commit; 1 turns it off).
+    group_commit_size: int = 20
+    #: Runner: a group takes no more messages once it has run this long.
+    group_commit_seconds: float = 0.005
+    #: Runner: a function's steps are grouped only while they take less than
+    #: this on average (a slow step would hold back its group's commit).
+    group_commit_fast_seconds: float = 0.01
+    #: Runner: groups of one function running at once.
+    group_commit_workers: int = 4
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
     #: Relay: AMQP heartbeat interval; a broker silent for two of them is taken for dead.

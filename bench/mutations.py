@@ -54,6 +54,7 @@ class Mutation:
 EXACTLY_ONCE = "tests/service/test_exactly_once.py"
 RELAY = "tests/service/test_relay.py"
 DISPATCH = "tests/service/test_dispatch.py"
+GROUP = "tests/service/test_group.py"
 FAILURES = "tests/service/test_failures.py"
 ORDERING = "tests/e2e/test_ordering.py"
 CRASH = "tests/e2e/test_crash.py"
@@ -146,6 +147,39 @@ MUTATIONS = (
         "    if not found.fresh:\n        return False\n",
         "",
         (EXACTLY_ONCE, "tests/service/test_delivery.py", DISPATCH),
+    ),
+    Mutation(
+        "group-failure-keeps-its-writes",
+        "group commit: a failing function's writes roll back with its savepoint",
+        "autostep/functions/group.py",
+        '        _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")\n',
+        "        pass\n",
+        (GROUP,),
+    ),
+    Mutation(
+        "group-without-savepoint",
+        "group commit: a savepoint is taken before a function's first statement",
+        "autostep/functions/group.py",
+        '        cursor.connection.execute(f"SAVEPOINT {SAVEPOINT_NAME}")\n',
+        "",
+        (GROUP,),
+    ),
+    Mutation(
+        "group-failure-not-recorded",
+        "group commit: a failing function's attempt is retried or failed, as alone",
+        "autostep/functions/group.py",
+        "    retrying = runs.fail_attempt(session, message.process_id, message.attempt, error, retry_in)\n",
+        "    retrying = True\n",
+        (GROUP,),
+    ),
+    Mutation(
+        "group-commits-half",
+        "group commit: a group whose transaction breaks commits nothing",
+        "autostep/functions/group.py",
+        "                outcomes.append(_run_one(session, spec, found, consumer))\n",
+        "                outcomes.append(_run_one(session, spec, found, consumer))\n"
+        "                session.commit()\n",
+        (GROUP,),
     ),
     Mutation(
         "direct-steps-not-in-outbox",

@@ -20,6 +20,15 @@ requeue, reject or a closed channel, counts toward its ``x-delivery-limit``):
 - an ack, requeue or reject on a connection the broker dropped logs one line
   instead of killing the container: the broker delivers the message again
   and the inbox absorbs the duplicate.
+
+**Groups.** While its ``grouping`` says so (the function's steps are quick),
+a consumer does not start a worker per message: messages wait in a
+ready list, and at most ``group_commit_workers`` workers each receive a
+:class:`DeliveryGroup`, take messages from the list one at a time while the
+group's bounds allow, and answer with a :class:`Disposition` for each
+message taken, which are settled then (after the group's commit). A worker
+that finds more messages ready when it ends starts the next group; one
+never waits for a message to arrive.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
 
@@ -55,6 +65,7 @@ from autostep.topology import (
 
 __all__ = [
     "Delivery",
+    "DeliveryGroup",
     "Disposition",
     "StepConsumer",
     "StepQueueConsumer",
@@ -105,6 +116,23 @@ class Delivery:
     queue: str
     #: Whether the runner is stopping (then a held message is given back).
     stopping: Callable[[], bool]
+
+
+@dataclass
+class DeliveryGroup:
+    """Messages a worker takes one at a time from its consumer's ready list."""
+
+    ready: deque[tuple[Delivery, Any]]
+    #: What was taken, in order: (the delivery, kombu's message).
+    taken: list[tuple[Delivery, Any]] = field(default_factory=list)
+
+    def take(self) -> Delivery | None:
+        """The next message ready, or None: a group never waits for one."""
+        if not self.ready:
+            return None
+        found = self.ready.popleft()
+        self.taken.append(found)
+        return found[0]
 
 
 class _OutageLog:
@@ -335,11 +363,24 @@ class StepConsumer(Consumer):
 
     consumer_cls = StepQueueConsumer
 
-    def __init__(self, queue: Queue, *, dead_letters: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        dead_letters: bool = True,
+        grouping: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("prefetch_count", get_settings().prefetch_count)
         super().__init__(queue=queue, requeue_on_error=True, **kwargs)
         self.dead_letters = dead_letters
+        self.grouping = grouping
         self.stopping = False
+        self.ready: deque[tuple[Delivery, Any]] = deque()
+        self.groups_running = 0
+        #: Groups run, and the most messages one held (what group commit achieved).
+        self.groups = 0
+        self.largest_group = 0
 
     def setup(self) -> None:
         super().setup()
@@ -365,6 +406,10 @@ class StepConsumer(Consumer):
             queue=self.queue.name,
             stopping=lambda: self.stopping,
         )
+        if self.grouping is not None and (self.ready or self.grouping()):
+            self.ready.append((delivery, message))
+            self._start_group()
+            return
         handle_result = partial(self.handle_result, message)
 
         def spawn_worker() -> None:
@@ -374,6 +419,42 @@ class StepConsumer(Consumer):
                 self.consumer.requeue_message(message)
 
         self.container.spawn_managed_thread(spawn_worker)
+
+    def _start_group(self) -> None:
+        """Start a group worker if messages are ready and fewer than the most run."""
+        if not self.ready or self.groups_running >= get_settings().group_commit_workers:
+            return
+        self.groups_running += 1
+        group = DeliveryGroup(self.ready)
+
+        def spawn_worker() -> None:
+            try:
+                self.container.spawn_worker(
+                    self, (group,), {}, handle_result=partial(self._group_processed, group)
+                )
+            except ContainerBeingKilled:
+                self.groups_running -= 1  # what is ready is delivered again after the kill
+
+        self.container.spawn_managed_thread(spawn_worker)
+
+    def _group_processed(
+        self, group: DeliveryGroup, worker_ctx: Any, result: Any = None, exc_info: Any = None
+    ) -> tuple[Any, Any]:
+        self.groups_running -= 1
+        if group.taken:
+            self.groups += 1
+            self.largest_group = max(self.largest_group, len(group.taken))
+        if exc_info is not None:  # unexpected (nameko logged it): requeue after a pause
+            if not self.stopping:
+                eventlet.sleep(REQUEUE_PAUSE_SECONDS)
+            for _, message in group.taken:
+                self.consumer.requeue_message(message)
+        else:
+            for (_, message), disposition in zip(group.taken, result, strict=True):
+                self.handle_message_processed(message, disposition)
+        if not self.stopping:
+            self._start_group()
+        return result, exc_info
 
     def handle_message_processed(
         self, message: Any, result: Any = None, exc_info: Any = None
@@ -390,9 +471,14 @@ class StepConsumer(Consumer):
             self.consumer.ack_message(message)
 
 
-def step_consumer(function: str) -> Any:
-    """Decorate a worker method to receive ``function``'s step messages."""
-    return StepConsumer.decorator(step_queue(function))
+def step_consumer(function: str, grouping: Callable[[], bool] | None = None) -> Any:
+    """Decorate a worker method to receive ``function``'s step messages.
+
+    With ``grouping``, the method receives a :class:`DeliveryGroup` instead
+    of a :class:`Delivery` while ``grouping()`` is true, and answers with a
+    disposition for each message the group took.
+    """
+    return StepConsumer.decorator(step_queue(function), grouping=grouping)
 
 
 def dead_letter_consumer() -> Any:

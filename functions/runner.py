@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,7 +66,16 @@ from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
 from autostep.settings import get_settings
 
-__all__ = ["CONFLICT_RETRIES", "StepOutcome", "record_failure", "retry_conflicts", "run_step"]
+__all__ = [
+    "CONFLICT_RETRIES",
+    "StepOutcome",
+    "call_function",
+    "failure",
+    "groupable",
+    "record_failure",
+    "retry_conflicts",
+    "run_step",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,27 @@ T = TypeVar("T")
 #: Times a message's transaction runs again at once after a deadlock or a
 #: serialization failure, before the conflict is treated as an outage.
 CONFLICT_RETRIES = 3
+
+#: Weight of the newest call in a function's average duration.
+DURATION_WEIGHT = 0.2
+#: Average seconds a call of each function took (moving average), in this process.
+_TYPICAL_SECONDS: dict[str, float] = {}
+
+
+def groupable(function: str) -> bool:
+    """Whether ``function``'s steps may share a transaction (group commit).
+
+    While group commit is on (``group_commit_size`` above 1) and the
+    function's calls in this process take less than
+    ``group_commit_fast_seconds`` on average; a function not called yet is not.
+    """
+    settings = get_settings()
+    typical = _TYPICAL_SECONDS.get(function)
+    return (
+        settings.group_commit_size > 1
+        and typical is not None
+        and typical < settings.group_commit_fast_seconds
+    )
 
 
 class StepOutcome(enum.StrEnum):
@@ -213,6 +244,7 @@ def call_function(
         message,
     )
     timeout = RetryableError(f"timed out after {policy.timeout}s")
+    started = time.monotonic()
     try:
         with eventlet.Timeout(policy.timeout, timeout):
             return spec.call(message.input, context)
@@ -222,6 +254,9 @@ def call_function(
             discard_connection(session)
         raise
     finally:
+        took = time.monotonic() - started
+        typical = _TYPICAL_SECONDS.get(spec.name, took)
+        _TYPICAL_SECONDS[spec.name] = typical + DURATION_WEIGHT * (took - typical)
         marker.cancel()  # not started yet: it never runs
         if marker:  # started and not finished: let it finish
             # (a kill of this worker while it waits goes on up)

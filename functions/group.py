@@ -1,0 +1,224 @@
+"""Group commit: several step messages of one function in one transaction.
+
+When a function's steps are quick and its messages queue up, a runner pays
+for a transaction per step (the begin, the commit and its WAL flush, a
+session, a worker) more than for the steps themselves. The function service
+then hands a :class:`StepGroup` to :func:`run_group`, which runs the group's
+messages one after another in **one** transaction, as :func:`run_step` runs
+one: the inbox claim, the function, the completion. One commit then holds
+the effects, results and next messages of every step of the group, and the
+messages are acknowledged only after it (the service settles them).
+
+**A failing function costs only itself.** Each function's own writes are
+made behind a savepoint, taken lazily, just before the function's first
+statement (most functions write nothing, and then no savepoint is taken). A
+function that raises has its savepoint rolled back and its ORM objects
+dropped, and its failure is recorded in the same transaction, as
+:func:`~autostep.functions.runner.record_failure` would: a retry or a failed
+step. The other steps of the group commit their effects once. A function
+should write through ``ctx.session`` (a statement sent on the driver's
+connection directly is not seen, and only a whole-group fallback undoes it).
+
+**Anything else runs the group again one by one.** The database's trouble
+(an outage, a conflict), a timeout that cut a statement short, an attempt
+overtaken meanwhile, or an error in the completion rolls the whole
+transaction back: :class:`GroupBroken` carries the messages taken, and the
+service runs each of them alone with :func:`run_step`, as if the group had
+never been. Their functions may run a second time, as they may after any
+crash before a commit; their effects commit once.
+
+**Bounds.** A group takes at most ``group_commit_size`` messages and stops
+taking more once it has run for ``group_commit_seconds``, so a slow step
+holds back the commit of at most the steps before it in its group; it never
+waits for a message to arrive: a lone message is a group of one.
+
+**Lock order.** The steps of a group lock their jobs and processes one step
+after another, in the order the messages came, and keep the locks until
+the commit: two groups that took steps of the same two jobs in opposite
+orders would deadlock. That cannot happen while each job has one step in
+flight (a chain); the children of a fan-out share their job, and a group
+holding one of them and another group holding a sibling both lock the one
+job row, one waiting for the other's commit, never for each other. A
+deadlock PostgreSQL detects anyway breaks the group, and its steps run one
+by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from autostep import runs
+from autostep.db import DATABASE_OUTAGES, unit_of_work
+from autostep.dispatch import StepDispatcher
+from autostep.exceptions import (
+    NotFoundError,
+    PoisonMessage,
+    RetryableError,
+    StaleAttempt,
+)
+from autostep.messages import StepMessage, parse_step_message
+from autostep.outbox import dispatch_after_commit
+from autostep.sdk import FunctionSpec
+from autostep.settings import get_settings
+
+from .runner import StepOutcome, call_function, failure
+
+__all__ = ["GroupBroken", "StepGroup", "run_group"]
+
+log = logging.getLogger(__name__)
+
+#: Key of a connection's ``info``: whether a savepoint is wanted before the
+#: next statement (``WANTED``), was taken (``TAKEN``), or neither (absent).
+_SAVEPOINT = "autostep.group.savepoint"
+WANTED, TAKEN = "wanted", "taken"
+SAVEPOINT_NAME = "autostep_step"
+
+
+class GroupBroken(Exception):
+    """The group's transaction was rolled back: run its messages one by one."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
+@dataclass
+class StepGroup:
+    """The messages of one group, taken one at a time from ``source`` while bounds allow.
+
+    ``source`` returns the next message ready (its body and AMQP
+    ``message_id``), or None when none is: the group never waits.
+    """
+
+    source: Callable[[], tuple[Any, str | None] | None]
+    size: int = field(default_factory=lambda: get_settings().group_commit_size)
+    seconds: float = field(default_factory=lambda: get_settings().group_commit_seconds)
+    taken: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def next(self) -> tuple[Any, str | None] | None:
+        if self.taken >= self.size or time.monotonic() - self.started >= self.seconds:
+            return None
+        found = self.source()
+        if found is not None:
+            self.taken += 1
+        return found
+
+
+def run_group(
+    factory: sessionmaker[Session],
+    spec: FunctionSpec,
+    group: StepGroup,
+    *,
+    consumer: str,
+    dispatcher: StepDispatcher | None = None,
+) -> list[StepOutcome | PoisonMessage]:
+    """Run the messages of ``group`` in one transaction; what became of each, in order.
+
+    A message that is not a step message, or fits no process, comes back as
+    its :class:`PoisonMessage` (it changed nothing). Raises
+    :class:`GroupBroken` when the transaction was rolled back: nothing of
+    the group was committed, and its messages are to be run one by one.
+    """
+    outcomes: list[StepOutcome | PoisonMessage] = []
+    try:
+        with unit_of_work(factory) as session:
+            committed_steps = dispatch_after_commit(session) if dispatcher else []
+            while (found := group.next()) is not None:
+                outcomes.append(_run_one(session, spec, found, consumer))
+        if dispatcher is not None:
+            dispatcher.send(committed_steps)
+    except GroupBroken:
+        raise
+    except Exception as exc:
+        raise GroupBroken(exc) from exc
+    return outcomes
+
+
+def _run_one(
+    session: Session, spec: FunctionSpec, found: tuple[Any, str | None], consumer: str
+) -> StepOutcome | PoisonMessage:
+    body, raw_id = found
+    try:
+        message, message_id = parse_step_message(body, raw_id)
+        if not runs.claim_step(
+            session, consumer, message_id, message.process_id, message.attempt
+        ):
+            return StepOutcome.SKIPPED
+    except (PoisonMessage, NotFoundError) as exc:
+        poison = exc if isinstance(exc, PoisonMessage) else PoisonMessage(
+            f"step message for an unknown process: {exc}"
+        )
+        return poison
+    policy = spec.policy.override(message.policy)
+    started_at = datetime.now(UTC)
+    connection = session.connection()
+    connection.info[_SAVEPOINT] = WANTED
+    try:
+        output = call_function(session, spec, message, message_id, policy)
+    except DATABASE_OUTAGES:
+        raise
+    except RetryableError as exc:
+        if not connection.invalidated:
+            return _failed(session, connection, exc, policy, message)
+        raise  # a timeout cut a statement short: the transaction is gone
+    except Exception as exc:
+        return _failed(session, connection, exc, policy, message)
+    finally:
+        taken = connection.info.pop(_SAVEPOINT, None) == TAKEN
+    if taken:
+        session.flush()  # the function's pending objects, inside its savepoint
+        _driver(connection).execute(f"RELEASE SAVEPOINT {SAVEPOINT_NAME}")
+    try:
+        runs.complete_process(
+            session, message.process_id, message.attempt, output, started_at=started_at
+        )
+    except StaleAttempt as exc:  # its own writes would stay: run the group one by one
+        raise GroupBroken(exc) from exc
+    session.flush()  # nothing of this step is left for a later failure to drop
+    return StepOutcome.SUCCEEDED
+
+
+def _failed(
+    session: Session,
+    connection: Connection,
+    exc: Exception,
+    policy: Any,
+    message: StepMessage,
+) -> StepOutcome:
+    """Undo the function's writes, and record its failure in the group's transaction."""
+    if connection.info.pop(_SAVEPOINT, None) == TAKEN:
+        _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")
+    session.expunge_all()  # its objects, changed or new: none of it is written
+    error, retry_in = failure(exc, policy, message)
+    # the claim's inbox row stays: it records this failure as the message's effect
+    retrying = runs.fail_attempt(session, message.process_id, message.attempt, error, retry_in)
+    return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
+
+
+def _driver(connection: Connection) -> Any:
+    return connection.connection.driver_connection
+
+
+@event.listens_for(Connection, "before_cursor_execute")
+def _savepoint_before_first_write(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    """Take the group's savepoint before a function's first statement."""
+    if conn.info.get(_SAVEPOINT) == WANTED:
+        conn.info[_SAVEPOINT] = TAKEN
+        cursor.connection.execute(f"SAVEPOINT {SAVEPOINT_NAME}")
+

@@ -1,0 +1,203 @@
+"""Group commit: several steps in one transaction, a failing one costing only itself.
+
+The first tests hand :func:`autostep.functions.group.run_group` a group of
+step messages read from the outbox, as the entrypoint would: each function
+writes its effect, one of them then raises. Its write must vanish with its
+savepoint while the others' commit once; only it is retried. The last test
+runs a burst through the nameko service and checks that messages really
+shared transactions, every effect once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, text
+
+from autostep import StepContext, function
+from autostep.catalog import publish_workflow
+from autostep.db import unit_of_work
+from autostep.functions.entrypoint import StepConsumer
+from autostep.functions.group import GroupBroken, StepGroup, run_group
+from autostep.functions.runner import StepOutcome
+from autostep.models import Outbox, Process
+from autostep.runs import start_job
+from autostep.sdk import REGISTRY
+from autostep.settings import get_settings
+from autostep.topology import step_queue_name
+
+GROUP = 5
+FAILING = 2  # the index of the message whose function raises
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    fail: bool = False
+
+
+@function(name="t_grouped", retries=1, backoff=30)
+def grouped(inp: Order, ctx: StepContext) -> Order:
+    """Records its effect, then fails if told to (after writing: the write must vanish)."""
+    ctx.session.execute(
+        text("INSERT INTO test_effect (process_id, step, value) VALUES (:p, :s, 1)"),
+        {"p": ctx.process_id, "s": ctx.step},
+    )
+    if inp.fail:
+        raise ValueError("this order fails")
+    return inp
+
+
+def _messages(session_factory: Any, project: str) -> list[tuple[Any, str, uuid.UUID]]:
+    """Start ``GROUP`` runs (the ``FAILING``-th fails); their step messages, in order."""
+    name = f"grouped-{uuid.uuid4().hex[:6]}"
+    found = []
+    with unit_of_work(session_factory) as session:
+        publish_workflow(
+            session, project, {"name": name, "steps": [{"name": "one", "function": "t_grouped"}]}
+        )
+        for index in range(GROUP):
+            job_id = start_job(session, project, name, {"fail": index == FAILING}).id
+            process_id = session.scalar(select(Process.id).where(Process.job_id == job_id))
+            row = session.scalar(
+                select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id == process_id)
+            )
+            assert row is not None and process_id is not None
+            found.append((row.payload, str(row.id), process_id))
+    return found
+
+
+def _group(messages: list[tuple[Any, str, uuid.UUID]]) -> StepGroup:
+    pending = [(body, message_id) for body, message_id, _ in messages]
+    return StepGroup(lambda: pending.pop(0) if pending else None, size=100, seconds=60)
+
+
+def _effects(session_factory: Any, process_ids: list[uuid.UUID]) -> list[int]:
+    with unit_of_work(session_factory) as session:
+        return [
+            int(
+                session.scalar(
+                    text("SELECT count(*) FROM test_effect WHERE process_id = :p"), {"p": p}
+                )
+                or 0
+            )
+            for p in process_ids
+        ]
+
+
+def _processes(session_factory: Any, process_ids: list[uuid.UUID]) -> list[tuple[str, int]]:
+    with unit_of_work(session_factory) as session:
+        rows = {p.id: (str(p.status), p.attempt) for p in session.scalars(select(Process))}
+    return [rows[p] for p in process_ids]
+
+
+def test_a_failing_function_in_a_group_rolls_back_only_itself_and_alone_is_retried(
+    session_factory: Any, project: str, effect_table: None
+) -> None:
+    messages = _messages(session_factory, project)
+    processes = [process_id for _, _, process_id in messages]
+
+    outcomes = run_group(session_factory, REGISTRY["t_grouped"], _group(messages), consumer="fn")
+
+    expected = [StepOutcome.SUCCEEDED] * GROUP
+    expected[FAILING] = StepOutcome.RETRYING
+    assert outcomes == expected
+    effects = [1] * GROUP
+    effects[FAILING] = 0  # written, then rolled back with its savepoint
+    assert _effects(session_factory, processes) == effects
+    states = [("succeeded", 1)] * GROUP
+    states[FAILING] = ("queued", 2)  # only it is retried
+    assert _processes(session_factory, processes) == states
+    with unit_of_work(session_factory) as session:
+        retry = session.scalar(
+            select(Outbox)
+            .where(Outbox.type == "step", Outbox.aggregate_id == processes[FAILING])
+            .order_by(Outbox.seq.desc())
+        )
+    assert retry is not None and retry.payload["attempt"] == 2
+
+    # The same messages again (a redelivery of the whole group): nothing changes.
+    again = run_group(session_factory, REGISTRY["t_grouped"], _group(messages), consumer="fn")
+
+    assert again == [StepOutcome.SKIPPED] * GROUP
+    assert _effects(session_factory, processes) == effects
+
+
+def test_a_group_whose_transaction_breaks_commits_nothing(
+    session_factory: Any, project: str, effect_table: None
+) -> None:
+    messages = _messages(session_factory, project)
+    processes = [process_id for _, _, process_id in messages]
+    pending = [(body, message_id) for body, message_id, _ in messages]
+
+    def source() -> tuple[Any, str | None] | None:
+        if len(pending) == 2:  # the database goes away in the middle of the group
+            with unit_of_work(session_factory) as session:
+                session.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND state = 'idle in transaction'"
+                    )
+                )
+        return pending.pop(0) if pending else None
+
+    try:
+        run_group(
+            session_factory,
+            REGISTRY["t_grouped"],
+            StepGroup(source, size=100, seconds=60),
+            consumer="fn",
+        )
+    except GroupBroken:
+        pass
+    else:
+        raise AssertionError("the group's transaction was cut, yet it did not break")
+
+    assert _effects(session_factory, processes) == [0] * GROUP
+    assert _processes(session_factory, processes) == [("queued", 1)] * GROUP
+
+
+@pytest.fixture
+def quick(platform_env: dict[str, str]) -> Iterator[None]:
+    """Every function counts as quick (group commit on), however loaded the machine."""
+    os.environ["AUTOSTEP_GROUP_COMMIT_FAST_SECONDS"] = "1"
+    get_settings.cache_clear()
+    yield
+    del os.environ["AUTOSTEP_GROUP_COMMIT_FAST_SECONDS"]
+    get_settings.cache_clear()
+
+
+def test_a_burst_of_quick_steps_shares_transactions_and_each_effect_commits_once(
+    quick: None,
+    functions: Any,
+    relay: Any,
+    session_factory: Any,
+    project: str,
+    wait_for_job: Callable[..., dict[str, Any]],
+) -> None:
+    consumer = next(
+        entrypoint
+        for container in functions.containers
+        for entrypoint in container.entrypoints
+        if isinstance(entrypoint, StepConsumer)
+        and entrypoint.queue.name == step_queue_name("t_add")
+    )
+    definition = {"name": "burst", "steps": [{"name": "one", "function": "t_add"}]}
+    with unit_of_work(session_factory) as session:
+        publish_workflow(session, project, definition)
+        warm_up = start_job(session, project, "burst", {"value": 0}).id
+    assert wait_for_job(warm_up)["status"] == "succeeded"  # the function's pace is known
+
+    with unit_of_work(session_factory) as session:
+        jobs = [start_job(session, project, "burst", {"value": n}).id for n in range(60)]
+    views = [wait_for_job(job_id) for job_id in jobs]
+
+    assert {view["status"] for view in views} == {"succeeded"}
+    assert consumer.largest_group > 1  # messages shared a transaction
+    processes = [uuid.UUID(view["processes"][0]["id"]) for view in views]
+    assert _effects(session_factory, processes) == [1] * len(jobs)

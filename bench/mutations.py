@@ -168,16 +168,16 @@ MUTATIONS = (
         "group-failure-not-recorded",
         "group commit: a failing function's attempt is retried or failed, as alone",
         "autostep/functions/group.py",
-        "    retrying = runs.fail_attempt(session, message.process_id, message.attempt, error, retry_in)\n",
-        "    retrying = True\n",
+        "        retrying = runs.fail_attempt(\n",
+        "        retrying = True or runs.fail_attempt(\n",
         (GROUP,),
     ),
     Mutation(
         "group-commits-half",
         "group commit: a group whose transaction breaks commits nothing",
         "autostep/functions/group.py",
-        "                outcomes.append(_run_one(session, spec, found, consumer))\n",
-        "                outcomes.append(_run_one(session, spec, found, consumer))\n"
+        "                result = _call(session, spec, found, consumer)\n",
+        "                result = _call(session, spec, found, consumer)\n"
         "                session.commit()\n",
         (GROUP,),
     ),

@@ -378,8 +378,9 @@ class StepConsumer(Consumer):
         self.stopping = False
         self.ready: deque[tuple[Delivery, Any]] = deque()
         self.groups_running = 0
-        #: Groups run, and the most messages one held (what group commit achieved).
+        #: Groups run, the messages they held, and the most one held.
         self.groups = 0
+        self.grouped = 0
         self.largest_group = 0
 
     def setup(self) -> None:
@@ -392,6 +393,14 @@ class StepConsumer(Consumer):
 
     def stop(self) -> None:
         self.stopping = True
+        if self.groups:
+            log.info(
+                "%s: %d messages ran in %d groups (group commit), at most %d in one",
+                self.queue.name,
+                self.grouped,
+                self.groups,
+                self.largest_group,
+            )
         super().stop()
 
     def kill(self) -> None:
@@ -443,6 +452,7 @@ class StepConsumer(Consumer):
         self.groups_running -= 1
         if group.taken:
             self.groups += 1
+            self.grouped += len(group.taken)
             self.largest_group = max(self.largest_group, len(group.taken))
         if exc_info is not None:  # unexpected (nameko logged it): requeue after a pause
             if not self.stopping:

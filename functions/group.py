@@ -32,15 +32,14 @@ taking more once it has run for ``group_commit_seconds``, so a slow step
 holds back the commit of at most the steps before it in its group; it never
 waits for a message to arrive: a lone message is a group of one.
 
-**Lock order.** The steps of a group lock their jobs and processes one step
-after another, in the order the messages came, and keep the locks until
-the commit: two groups that took steps of the same two jobs in opposite
-orders would deadlock. That cannot happen while each job has one step in
-flight (a chain); the children of a fan-out share their job, and a group
-holding one of them and another group holding a sibling both lock the one
-job row, one waiting for the other's commit, never for each other. A
-deadlock PostgreSQL detects anyway breaks the group, and its steps run one
-by one.
+**Lock order.** The messages are claimed and their functions called in the
+order they came, locking nothing of the engine's (a claim inserts an inbox
+row and reads its process); then the steps are completed, or their failures
+recorded, in the order of their job and process ids. Each completion locks
+its job, then its process, as every transaction of the engine does, and the
+locks are held until the group's commit: so groups take job locks in one
+order and cannot deadlock each other. A deadlock PostgreSQL detects anyway
+(with a function's own rows) breaks the group, and its steps run one by one.
 """
 
 from __future__ import annotations
@@ -59,12 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep import runs
 from autostep.db import DATABASE_OUTAGES, unit_of_work
 from autostep.dispatch import StepDispatcher
-from autostep.exceptions import (
-    NotFoundError,
-    PoisonMessage,
-    RetryableError,
-    StaleAttempt,
-)
+from autostep.exceptions import NotFoundError, PoisonMessage, RetryableError, StaleAttempt
 from autostep.messages import StepMessage, parse_step_message
 from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec
@@ -123,17 +117,30 @@ def run_group(
 ) -> list[StepOutcome | PoisonMessage]:
     """Run the messages of ``group`` in one transaction; what became of each, in order.
 
-    A message that is not a step message, or fits no process, comes back as
-    its :class:`PoisonMessage` (it changed nothing). Raises
-    :class:`GroupBroken` when the transaction was rolled back: nothing of
-    the group was committed, and its messages are to be run one by one.
+    First each message is claimed and its function called, in the order
+    they came (nothing of the engine is locked yet); then the steps are
+    completed, or their failures recorded, in the order of their job and
+    process ids, so that groups lock jobs in one order. A message that is
+    not a step message, or fits no process, comes back as its
+    :class:`PoisonMessage` (it changed nothing). Raises :class:`GroupBroken`
+    when the transaction was rolled back: nothing of the group was
+    committed, and its messages are to be run one by one.
     """
     outcomes: list[StepOutcome | PoisonMessage] = []
     try:
         with unit_of_work(factory) as session:
             committed_steps = dispatch_after_commit(session) if dispatcher else []
+            called: list[tuple[int, _Called]] = []
             while (found := group.next()) is not None:
-                outcomes.append(_run_one(session, spec, found, consumer))
+                result = _call(session, spec, found, consumer)
+                if isinstance(result, _Called):
+                    called.append((len(outcomes), result))
+                    outcomes.append(StepOutcome.SUCCEEDED)  # settled below
+                else:
+                    outcomes.append(result)
+            called.sort(key=lambda item: (item[1].message.job_id, item[1].message.process_id))
+            for index, step in called:
+                outcomes[index] = _finish(session, step)
         if dispatcher is not None:
             dispatcher.send(committed_steps)
     except GroupBroken:
@@ -143,65 +150,69 @@ def run_group(
     return outcomes
 
 
-def _run_one(
+@dataclass
+class _Called:
+    """A step whose function ran: its output, or the failure to record."""
+
+    message: StepMessage
+    started_at: datetime
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    retry_in: float | None = None
+
+
+def _call(
     session: Session, spec: FunctionSpec, found: tuple[Any, str | None], consumer: str
-) -> StepOutcome | PoisonMessage:
+) -> _Called | StepOutcome | PoisonMessage:
+    """Claim the message and call the function, its writes behind a lazy savepoint."""
     body, raw_id = found
     try:
         message, message_id = parse_step_message(body, raw_id)
-        if not runs.claim_step(
-            session, consumer, message_id, message.process_id, message.attempt
-        ):
+        if not runs.claim_step(session, consumer, message_id, message.process_id, message.attempt):
             return StepOutcome.SKIPPED
-    except (PoisonMessage, NotFoundError) as exc:
-        poison = exc if isinstance(exc, PoisonMessage) else PoisonMessage(
-            f"step message for an unknown process: {exc}"
-        )
-        return poison
+    except PoisonMessage as exc:
+        return exc
+    except NotFoundError as exc:
+        return PoisonMessage(f"step message for an unknown process: {exc}")
     policy = spec.policy.override(message.policy)
-    started_at = datetime.now(UTC)
+    called = _Called(message, datetime.now(UTC))
     connection = session.connection()
     connection.info[_SAVEPOINT] = WANTED
     try:
-        output = call_function(session, spec, message, message_id, policy)
+        called.output = call_function(session, spec, message, message_id, policy)
     except DATABASE_OUTAGES:
         raise
-    except RetryableError as exc:
-        if not connection.invalidated:
-            return _failed(session, connection, exc, policy, message)
-        raise  # a timeout cut a statement short: the transaction is gone
     except Exception as exc:
-        return _failed(session, connection, exc, policy, message)
-    finally:
-        taken = connection.info.pop(_SAVEPOINT, None) == TAKEN
-    if taken:
-        session.flush()  # the function's pending objects, inside its savepoint
+        if isinstance(exc, RetryableError) and connection.invalidated:
+            raise  # a timeout cut a statement short: the transaction is gone
+        if connection.info.pop(_SAVEPOINT, None) == TAKEN:
+            _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")
+        session.expunge_all()  # its objects, changed or new: none of it is written
+        called.error, called.retry_in = failure(exc, policy, message)
+        return called
+    if connection.info.pop(_SAVEPOINT, None) == TAKEN:
         _driver(connection).execute(f"RELEASE SAVEPOINT {SAVEPOINT_NAME}")
+    session.flush()  # its new objects: a later failure's expunge must not drop them
+    return called
+
+
+def _finish(session: Session, step: _Called) -> StepOutcome:
+    """Complete the step, or record its failure (the claim's inbox row records either)."""
+    message = step.message
+    if step.error is not None:
+        retrying = runs.fail_attempt(
+            session, message.process_id, message.attempt, step.error, step.retry_in
+        )
+        return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
+    assert step.output is not None
     try:
         runs.complete_process(
-            session, message.process_id, message.attempt, output, started_at=started_at
+            session, message.process_id, message.attempt, step.output, started_at=step.started_at
         )
-    except StaleAttempt as exc:  # its own writes would stay: run the group one by one
+    except StaleAttempt as exc:  # its function's writes would stay: run the group one by one
         raise GroupBroken(exc) from exc
-    session.flush()  # nothing of this step is left for a later failure to drop
+    session.flush()
     return StepOutcome.SUCCEEDED
-
-
-def _failed(
-    session: Session,
-    connection: Connection,
-    exc: Exception,
-    policy: Any,
-    message: StepMessage,
-) -> StepOutcome:
-    """Undo the function's writes, and record its failure in the group's transaction."""
-    if connection.info.pop(_SAVEPOINT, None) == TAKEN:
-        _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")
-    session.expunge_all()  # its objects, changed or new: none of it is written
-    error, retry_in = failure(exc, policy, message)
-    # the claim's inbox row stays: it records this failure as the message's effect
-    retrying = runs.fail_attempt(session, message.process_id, message.attempt, error, retry_in)
-    return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
 
 
 def _driver(connection: Connection) -> Any:
@@ -221,4 +232,3 @@ def _savepoint_before_first_write(
     if conn.info.get(_SAVEPOINT) == WANTED:
         conn.info[_SAVEPOINT] = TAKEN
         cursor.connection.execute(f"SAVEPOINT {SAVEPOINT_NAME}")
-

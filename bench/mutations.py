@@ -165,6 +165,14 @@ MUTATIONS = (
         (GROUP,),
     ),
     Mutation(
+        "group-locks-in-arrival-order",
+        "group commit: groups lock jobs in one order and cannot deadlock each other",
+        "autostep/functions/group.py",
+        "            called.sort(key=lambda item: (item[1].message.job_id,",
+        "            called.sort(key=lambda item: (0,",
+        (GROUP,),
+    ),
+    Mutation(
         "group-failure-not-recorded",
         "group commit: a failing function's attempt is retried or failed, as alone",
         "autostep/functions/group.py",

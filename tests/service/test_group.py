@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import eventlet
 import pytest
+from eventlet.event import Event
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, text
 
-from autostep import StepContext, function
+from autostep import StepContext, function, runs
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.functions.entrypoint import StepConsumer
@@ -201,3 +203,63 @@ def test_a_burst_of_quick_steps_shares_transactions_and_each_effect_commits_once
     assert consumer.largest_group > 1  # messages shared a transaction
     processes = [uuid.UUID(view["processes"][0]["id"]) for view in views]
     assert _effects(session_factory, processes) == [1] * len(jobs)
+
+
+def _fan_out_messages(session_factory: Any, project: str) -> list[list[tuple[Any, str]]]:
+    """Two runs, each fanning out over two items; the step messages of each run's children."""
+    name = f"fan-{uuid.uuid4().hex[:6]}"
+    definition = {
+        "name": name,
+        "steps": [{"name": "each", "function": "t_grouped", "for_each": "input.items"}],
+    }
+    runs_messages = []
+    with unit_of_work(session_factory) as session:
+        publish_workflow(session, project, definition)
+        for _ in range(2):
+            job_id = start_job(session, project, name, {"items": [{}, {}]}).id
+            children = session.scalars(
+                select(Process.id).where(Process.job_id == job_id, Process.parent_id.isnot(None))
+            ).all()
+            rows = session.scalars(
+                select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id.in_(children))
+            ).all()
+            assert len(rows) == 2
+            runs_messages.append([(row.payload, str(row.id)) for row in rows])
+    return runs_messages
+
+
+def test_groups_lock_jobs_in_one_order_and_never_deadlock_each_other(
+    session_factory: Any, project: str, effect_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (j1, j2), (k1, k2) = _fan_out_messages(session_factory, project)
+    # Each group completes its first step, then waits (2 s at most) for the other to
+    # complete its own first step too: a group that locked its jobs in the order its
+    # messages came would hold one run's job while the other held the other's.
+    original = runs.complete_process
+    arrived: list[Any] = []
+    both = Event()
+
+    def complete_then_meet(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        me = eventlet.getcurrent()
+        if me not in arrived:
+            arrived.append(me)
+            if len(arrived) == 2:
+                both.send()
+            with eventlet.Timeout(2, False):
+                both.wait()
+
+    monkeypatch.setattr(runs, "complete_process", complete_then_meet)
+
+    def run(messages: list[tuple[Any, str]]) -> Any:
+        pending = list(messages)
+        group = StepGroup(lambda: pending.pop(0) if pending else None, size=100, seconds=60)
+        try:
+            return run_group(session_factory, REGISTRY["t_grouped"], group, consumer="fn")
+        except GroupBroken as exc:
+            return exc
+
+    first, second = eventlet.spawn(run, [j1, k1]), eventlet.spawn(run, [k2, j2])
+    outcomes = [first.wait(), second.wait()]
+
+    assert outcomes == [[StepOutcome.SUCCEEDED] * 2] * 2  # neither group broke

@@ -169,7 +169,7 @@ MUTATIONS = (
         "group commit: groups lock jobs in one order and cannot deadlock each other",
         "autostep/functions/group.py",
         "            called.sort(key=lambda item: (item[1].message.job_id,",
-        "            called.sort(key=lambda item: (0,",
+        "            called.sort(key=lambda item: (0,) or (item[1].message.job_id,",
         (GROUP,),
     ),
     Mutation(

@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
 import signal
 import subprocess
 import sys
@@ -110,29 +112,43 @@ def _venv_python() -> Path:
     return python
 
 
+def _peers_celery(python: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """``python -m bench.peers_celery ARGS``: what it printed, as JSON."""
+    done = subprocess.run(
+        [str(python), "-m", "bench.peers_celery", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"bench.peers_celery {' '.join(args)} exited with {done.returncode}:\n"
+            f"{done.stderr[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def _facts(python: Path, durable: bool) -> dict[str, Any]:
+    """Celery's versions and the settings of one setup, as Celery resolves them."""
+    env = {**os.environ, "PEERS_DURABLE": "1" if durable else "0"}
+    return {**_peers_celery(python, env, "versions"), **_peers_celery(python, env, "config")}
+
+
 class CeleryDriver:
     """Runs ``bench/peers_celery.py``'s load driver against one Celery setup."""
 
     def __init__(self, python: Path, plat: Platform, env: dict[str, str]) -> None:
         self.python, self.plat, self.env = python, plat, env
 
-    def __call__(self, *args: str, timeout: float = 600) -> dict[str, Any]:
-        done = subprocess.run(
-            [str(self.python), "-m", "bench.peers_celery", *args],
-            cwd=ROOT,
-            env={**self.plat.env(), **self.env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
+    def __call__(self, *args: str) -> dict[str, Any]:
+        try:
+            return _peers_celery(self.python, {**self.plat.env(), **self.env}, *args)
+        except RuntimeError as exc:
             self.plat.check_alive()
-            raise RuntimeError(
-                f"the Celery driver ({' '.join(args)}) exited with {done.returncode}:\n"
-                f"{done.stderr[-3000:]}\n--- worker ---\n{self.plat.tail(WORKER)}"
-            )
-        result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-        return result
+            raise RuntimeError(f"{exc}\n--- worker ---\n{self.plat.tail(WORKER)}") from exc
 
 
 @contextlib.contextmanager
@@ -157,6 +173,12 @@ def celery_setup(
             )
             driver = CeleryDriver(python, plat, env)
             driver("ping", "--timeout", "120")  # the worker consumes
+            queue = _queue(name, "celery")
+            row(
+                f"{CELERY_DURABLE if durable else CELERY} worker ready",
+                f"queue {queue['type']}",
+                f"durable={queue['durable']}, vhost {name}",
+            )
             yield driver
         finally:
             plat.stop(WORKER)
@@ -168,8 +190,8 @@ def _queue(vhost: str, name: str) -> dict[str, str]:
     for line in listing.splitlines():
         fields = line.split()
         if fields and fields[0] == name:
-            return {"queue_type": fields[1], "queue_durable": fields[2]}
-    return {"queue_type": "?", "queue_durable": "?"}
+            return {"type": fields[1], "durable": fields[2]}
+    return {"type": "?", "durable": "?"}
 
 
 # -- the two sides ------------------------------------------------------------------
@@ -226,10 +248,8 @@ def _same_value(label: str, got: Any, expected: dict[str, int]) -> None:
 # -- output -------------------------------------------------------------------------
 
 
-def _header(plat: Platform, versions: dict[str, Any], args: argparse.Namespace) -> None:
-    import os
-    import platform
-
+def _header(plat: Platform, facts: dict[str, dict[str, Any]]) -> None:
+    versions = facts[CELERY]
     section("setup")
     row("machine", f"{os.cpu_count()} cores", f"load average {os.getloadavg()[0]:.2f} at start")
     row("python (autostep)", platform.python_version())
@@ -245,20 +265,17 @@ def _header(plat: Platform, versions: dict[str, Any], args: argparse.Namespace) 
     say("    autostep: every step committed in PostgreSQL (synchronous_commit as the server")
     say("      says) with its outbox row; durable quorum step queues, persistent messages,")
     say("      publisher confirms, mandatory; the step message acked after the commit")
-    for key, durable in (("default", False), ("durable", True)):
-        if durable and args.no_durable_celery:
-            continue
-        conf = versions[key]
+    for label, conf in facts.items():
+        acks = "after the task" if conf["task_acks_late"] else "when the task starts"
         say(
-            f"    {CELERY_DURABLE if durable else CELERY}: queue {conf['queue']!r}"
-            f" {conf['queue_type']} durable={conf['queue_durable']},"
+            f"    {label}: queue {conf['queue']!r} of type {conf['queue_type']},"
             f" delivery_mode={conf['task_default_delivery_mode']},"
-            f" publisher confirms={conf['confirm_publish']},"
+            f" publisher confirms {'on' if conf['confirm_publish'] else 'off'},"
         )
         say(
-            f"      acks_late={conf['task_acks_late']} (off: acked when the task starts),"
-            f" prefetch multiplier {conf['worker_prefetch_multiplier']},"
-            f" results {conf['result_backend']} persistent={conf['result_persistent']}"
+            f"      message acked {acks}, prefetch multiplier"
+            f" {conf['worker_prefetch_multiplier']}, results {conf['result_backend']}"
+            f" ({'persistent' if conf['result_persistent'] else 'transient'} messages)"
         )
     row("autostep database and vhost", plat.name)
 
@@ -267,7 +284,7 @@ def _table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
     sides = list(results)
     rounds = len(results[AUTOSTEP])
     section(f"autostep vs Celery ({rounds} round{'s' if rounds > 1 else ''}, interleaved)")
-    say(f"  {'':<38}" + "".join(f"{side:>16}" for side in sides))
+    say(f"  {'':<44}" + "".join(f"{side:>16}" for side in sides))
     figures = (
         ("chain_s", f"chain of {args.linear_steps}, median s", "{:.3f}"),
         ("steps_per_s", f"burst {args.jobs} x {args.job_steps}, steps/s", "{:,.0f}"),
@@ -277,11 +294,11 @@ def _table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
     for key, label, fmt in figures:
         for index in range(len(results[AUTOSTEP])):
             cells = "".join(f"{fmt.format(results[s][index][key]):>16}" for s in sides)
-            say(f"  {label + f', round {index + 1}':<38}" + cells)
+            say(f"  {label + f', round {index + 1}':<44}" + cells)
         for side in sides:
             summary[side][key] = median([r[key] for r in results[side]])
         cells = "".join(f"{fmt.format(summary[s][key]):>16}" for s in sides)
-        say(f"  {label + ', median of rounds':<38}" + cells)
+        say(f"  {label + ', median of rounds':<44}" + cells)
     say("  CPU: autostep's runner, relay, PostgreSQL and RabbitMQ; Celery's worker (with its")
     say("  pool) and RabbitMQ; the load drivers left out.")
 
@@ -323,11 +340,15 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from autostep.functions.builtins import FiboIn, fibo
 
     expected = fibo(FiboIn(n=10)).model_dump()
-    out: dict[str, Any] = {"rounds": {}}
+    facts = {CELERY: _facts(python, durable=False)}
+    if not args.no_durable_celery:
+        facts[CELERY_DURABLE] = _facts(python, durable=True)
+    out: dict[str, Any] = {"celery": facts}
     with bench_platform(keep_logs=args.keep_logs) as plat, contextlib.ExitStack() as stack:
+        _header(plat, facts)
         client = start_autostep(plat, Client)
         stack.callback(client.close)
-        section("start the Celery workers")
+        section(f"start the Celery workers (-P prefork --concurrency {args.concurrency})")
         drivers = {
             CELERY: stack.enter_context(
                 celery_setup(python, plat, durable=False, concurrency=args.concurrency)
@@ -337,13 +358,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             drivers[CELERY_DURABLE] = stack.enter_context(
                 celery_setup(python, plat, durable=True, concurrency=args.concurrency)
             )
-        versions = drivers[CELERY]("versions")
-        for label, driver in drivers.items():
-            conf = versions["durable" if label == CELERY_DURABLE else "default"] = driver("config")
-            conf.update(_queue(driver.plat.name, conf["queue"]))
-            row(f"{label} worker ready", driver.plat.name)
-        _header(plat, versions, args)
-        out["versions"] = versions
         results: dict[str, list[dict[str, Any]]] = {AUTOSTEP: [], **{k: [] for k in drivers}}
         sides = list(results)
         for index in range(args.rounds):

@@ -104,6 +104,7 @@ def config() -> dict[str, Any]:
     conf = app.conf
     return {
         "queue": conf.task_default_queue,
+        "queue_type": conf.task_default_queue_type,
         "task_default_delivery_mode": conf.task_default_delivery_mode,
         "confirm_publish": bool(conf.broker_transport_options.get("confirm_publish", False)),
         "task_acks_late": conf.task_acks_late,

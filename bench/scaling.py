@@ -214,7 +214,7 @@ def rss_soak(
     per_batch = -(-args.jobs // args.batches)
     report_every = max(1, steps // 10)
     next_report = done + report_every
-    t0, first = time.perf_counter(), done
+    last_t, last = time.perf_counter(), done
     samples: list[dict[str, Any]] = []
     while done < steps:
         job_ids: list[str] = []
@@ -224,13 +224,15 @@ def rss_soak(
         done = counter.update(alone=True)
         if done >= next_report or done >= steps:
             next_report = done + report_every
-            rate = (done - first) / (time.perf_counter() - t0)
+            now = time.perf_counter()
+            rate, last_t, last = (done - last) / (now - last_t), now, done
             sample = {key: rss_kib(plat.procs[key].pid) for key in ("runner1", "relay")}
             samples.append({"steps": done, **sample})
             row(
                 f"after {done:,} steps",
                 f"{_mb(sample['runner1']['VmRSS']):.1f} MB",
-                f"relay {_mb(sample['relay']['VmRSS']):.1f} MB, {rate:,.0f} steps/s",
+                f"relay {_mb(sample['relay']['VmRSS']):.1f} MB; since the line before:"
+                f" {rate:,.0f} steps/s",
             )
     end = samples[-1]
     result = {

@@ -229,6 +229,8 @@ def _celery_round(
     # Celery's side uses no PostgreSQL: its total is the worker's and RabbitMQ's.
     cpu = cpu_per_step(meter.report(), burst["steps"], [WORKER], servers=("rabbitmq",))
     _same_value(label, burst["value"], expected)
+    driver_ms = burst["driver_cpu_s"] * 1000 / burst["steps"]
+    say(f"    the Celery client (submits, receives every result): {driver_ms:.2f} ms (left out)")
     row(f"submit {args.jobs} chains", f"{burst['submit_s']:.2f} s")
     row("all finished after", f"{burst['elapsed_s']:.2f} s")
     row("throughput", f"{burst['steps_per_s']:,.0f} steps/s")
@@ -237,6 +239,7 @@ def _celery_round(
         "chain_runs_s": chain["runs_s"],
         "steps_per_s": burst["steps_per_s"],
         "cpu_ms_per_step": cpu["total"],
+        "driver_cpu_ms_per_step": driver_ms,
     }
 
 

@@ -80,7 +80,7 @@ def burst(chains: int, steps: int, n: int, timeout: float) -> dict[str, Any]:
     """``chains`` chains submitted together; seconds from the first submit to the last result."""
     _chain(steps, n).apply_async().get(timeout=timeout)  # connections and consumer warm
     signatures = [_chain(steps, n) for _ in range(chains)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     results = [signature.apply_async() for signature in signatures]
     submitted = time.perf_counter() - t0
     values = [result.get(timeout=timeout) for result in results]
@@ -88,6 +88,7 @@ def burst(chains: int, steps: int, n: int, timeout: float) -> dict[str, Any]:
     return {
         "submit_s": submitted,
         "elapsed_s": elapsed,
+        "driver_cpu_s": time.process_time() - cpu0,
         "steps": chains * steps,
         "steps_per_s": chains * steps / elapsed,
         "value": values[-1],

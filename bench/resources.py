@@ -36,16 +36,21 @@ from bench.report import say
 
 __all__ = [
     "ROOT",
+    "RUNNER_ARGS",
     "CpuMeter",
     "Platform",
+    "amqp_vhost",
     "bench_platform",
     "cpu_per_step",
     "libpq",
     "quiet_imports",
     "rabbitmqctl",
+    "rss_kib",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The function runner's command line: ``python -m autostep.cli RUNNER_ARGS``.
+RUNNER_ARGS = ("functions", "run", "autostep.functions.builtins")
 SERVER_DB = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -101,13 +106,22 @@ class Platform:
             )
         return env
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start ``python ARGS`` in :attr:`code`, output to ``<logs>/<name>.log``."""
+    def spawn(
+        self,
+        name: str,
+        *args: str,
+        program: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``program ARGS`` (the bench's Python by default) in :attr:`code`.
+
+        Its output goes to ``<logs>/<name>.log``; ``env`` adds to :meth:`env`.
+        """
         with open(self.logs / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [program, *args],
                 cwd=self.code,
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the bench only; it stops them in order
@@ -137,7 +151,8 @@ class Platform:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # Its session's process group: the process and any children (a worker pool).
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
 
@@ -177,6 +192,18 @@ def bench_platform(*, code: Path = ROOT, keep_logs: bool = False) -> Iterator[Pl
             shutil.rmtree(logs, ignore_errors=True)
 
 
+@contextmanager
+def amqp_vhost(name: str) -> Iterator[str]:
+    """A fresh RabbitMQ vhost the AMQP user may use: its URI. Deleted on the way out."""
+    rabbitmqctl("add_vhost", name)
+    try:
+        user = urlparse(SERVER_AMQP).username or "guest"
+        rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield _with_path(SERVER_AMQP, name)
+    finally:
+        rabbitmqctl("delete_vhost", name, check=False)
+
+
 def quiet_imports() -> None:
     """Import nameko and eventlet once with their deprecation notices silenced."""
     with warnings.catch_warnings():
@@ -188,14 +215,25 @@ def quiet_imports() -> None:
 # -- CPU accounting -------------------------------------------------------------
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used; 0 if it is gone."""
+def _stat_of(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds user + system) of process ``pid``; (0, 0.0) if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0, 0.0
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak) of process ``pid`` in KiB, from ``/proc/PID/status``."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+    return found
 
 
 def _cmdline(pid: str) -> str:
@@ -209,9 +247,11 @@ def _cmdline(pid: str) -> str:
 class CpuMeter:
     """Cores each process group kept busy between construction and :meth:`report`.
 
-    Groups: the processes the bench spawned, by name; PostgreSQL backends of
+    Groups: the processes the bench spawned, by name (with their children,
+    such as the pool of a prefork worker); PostgreSQL backends of
     the bench database; the rest of PostgreSQL (WAL writer, checkpointer,
-    other databases); RabbitMQ (``beam.smp``); the bench itself; and every
+    other databases); RabbitMQ (``beam.smp``); the bench itself (with the
+    other processes it started, such as py-spy or a load driver); and every
     other process on the machine, which is other people's work when the
     machine is shared. ``machine`` is the whole machine, from ``/proc/stat``;
     what it has beyond the groups is kernel time (network, disk) no process
@@ -248,7 +288,10 @@ class CpuMeter:
         sample = {}
         for pid in os.listdir("/proc"):
             if pid.isdigit():
-                sample[pid] = (self._group(pid, ours), _cpu_of(int(pid)))
+                parent, cpu = _stat_of(int(pid))
+                own = ours.get(int(pid), ours.get(parent))
+                group = own if own is not None else self._group(pid, ours)
+                sample[pid] = (group, cpu)
         return sample
 
     def report(self) -> dict[str, float]:
@@ -280,18 +323,24 @@ class CpuMeter:
         return shares
 
 
-def cpu_per_step(shares: dict[str, float], steps: int, spawned: list[str]) -> dict[str, float]:
+def cpu_per_step(
+    shares: dict[str, float],
+    steps: int,
+    spawned: list[str],
+    servers: tuple[str, ...] = ENGINE_GROUPS,
+) -> dict[str, float]:
     """Milliseconds of CPU per step by group, from :meth:`CpuMeter.report`, and printed.
 
     ``spawned`` names the autostep processes (runners, relays). ``total`` is
-    theirs plus PostgreSQL's and RabbitMQ's: the load driver (the bench and
-    its database backends) and other people's processes are left out.
+    theirs plus the ``servers``' (PostgreSQL's and RabbitMQ's unless told
+    otherwise): the load driver (the bench and its database backends) and
+    other people's processes are left out.
     ``softirq`` is the machine's network and disk interrupt time, charged to
     no process, over the same span (it includes the load driver's share).
     """
     seconds = shares["wall"]
     cores = os.cpu_count() or 1
-    groups = [*spawned, *ENGINE_GROUPS]
+    groups = [*spawned, *servers]
     ms = {name: shares.get(name, 0.0) * seconds * 1000 / max(1, steps) for name in groups}
     ms["total"] = sum(ms.values())
     ms["softirq"] = shares["machine softirq"] * seconds * 1000 / max(1, steps)

@@ -14,6 +14,9 @@ A. latency: a 40-step linear workflow of ``fibo(n=10)``, runs one after
 B. throughput: 100 runs of a 10-step ``fibo(n=10)`` workflow started
    together, steps completed per second; with one runner, then two.
 
+Optionally then B for several numbers of runners and relays (``--scale``),
+and the runner's resident memory after many steps (``--rss-steps``).
+
 Everything it created is removed at the end, also on Ctrl-C or an error.
 """
 
@@ -39,11 +42,22 @@ import psycopg  # noqa: E402
 from bench import baselines  # noqa: E402
 from bench.report import row, say, section, verdict  # noqa: E402
 from bench.resources import (  # noqa: E402
+    RUNNER_ARGS,
     Platform,
     bench_platform,
     libpq,
     quiet_imports,
     rabbitmqctl,
+    rss_kib,
+)
+from bench.scaling import (  # noqa: E402
+    Runner1Steps,
+    parse_combos,
+    print_matrix,
+    rss_soak,
+    rss_summary,
+    scale_matrix,
+    scale_to,
 )
 from bench.workload import (  # noqa: E402
     TARGET_CPU_MS_PER_STEP,
@@ -54,8 +68,6 @@ from bench.workload import (  # noqa: E402
     latency,
     throughput,
 )
-
-RUNNER_ARGS = ("functions", "run", "autostep.functions.builtins")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +80,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=4, help="B: start transactions (4)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-two-runners", action="store_true", help="skip B with 2 runners")
+    parser.add_argument(
+        "--scale",
+        type=parse_combos,
+        metavar="RxL,...",
+        help="then B for each runners x relays, e.g. 1x1,2x1,4x1,1x2,2x2 (off)",
+    )
+    parser.add_argument(
+        "--rss-steps",
+        type=int,
+        metavar="N",
+        help="at the end, B-shaped batches until runner1 completed N steps; its RSS (off)",
+    )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy runner and relay")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
     parser.add_argument(
@@ -142,7 +166,8 @@ def _baselines(plat: Platform) -> dict[str, Any]:
     return out
 
 
-def _start_autostep(plat: Platform, client_factory: Any) -> Client:
+def start_autostep(plat: Platform, client_factory: Any) -> Client:
+    """Start ``runner1`` and ``relay``; the client, once a 1-step run has succeeded."""
     section("start 1 function runner and 1 relay")
     plat.spawn_autostep("runner1", *RUNNER_ARGS)
     plat.spawn_autostep("relay", "relay")
@@ -218,7 +243,9 @@ class _Profiler:
 
 def _benchmarks(plat: Platform, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    client = _start_autostep(plat, Client)
+    client = start_autostep(plat, Client)
+    warm = {name: rss_kib(plat.procs[name].pid) for name in ("runner1", "relay")}
+    counter = Runner1Steps(client)
     profiler = _Profiler(plat, args.profile)
     try:
         section(f"A: latency, {args.linear_steps}-step linear fibo(10), one run at a time")
@@ -232,13 +259,14 @@ def _benchmarks(plat: Platform, args: argparse.Namespace) -> dict[str, Any]:
         profiler.stop()
 
         if not args.no_two_runners:
-            plat.spawn_autostep("runner2", *RUNNER_ARGS)
-            baselines.wait_until(
-                lambda: "Connected to" in plat.tail("runner2", 50), 60, plat, "runner2"
-            )
-            time.sleep(1.0)  # every consumer of runner2 attached
+            scale_to(plat, client, counter, 2, 1)
             section(f"B': throughput, {args.jobs} runs x {args.job_steps} steps, 2 runners")
             results["B2"] = throughput(client, args.jobs, args.job_steps, args.batches)
+
+        if args.scale:
+            results["scale"] = scale_matrix(plat, client, counter, args.scale, args)
+        if args.rss_steps:
+            results["rss"] = rss_soak(plat, client, counter, args.rss_steps, warm, args)
     finally:
         profiler.stop()
         client.close()
@@ -269,7 +297,12 @@ def _summary(results: dict[str, Any], seconds: float) -> None:
             f"PostgreSQL 2-insert txn {base['pg_4']['tx_per_s']:,.0f}/s (4 clients)",
             f"confirmed publish (quorum) {base['confirm_quorum']['median_ms']:.2f} ms",
         )
+    if "rss" in results:
+        rss_summary(results["rss"])
     row("bench wall time", f"{seconds:.0f} s")
+    if "scale" in results:
+        section("scale-out: B by runners x relays (CPU ms per step, cores busy)")
+        print_matrix(results["scale"])
 
 
 def _cpu_summary(label: str, ms: dict[str, float]) -> None:

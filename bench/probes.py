@@ -1,24 +1,23 @@
 """Probes that say where a step's time goes, without touching autostep's code.
 
-:class:`EventTracer` consumes the ``process.updated`` events the relay
-publishes to ``autostep.events`` and notes when each arrived. With the
+:class:`StepTracer` binds a queue of its own to ``autostep.steps`` and notes
+when each step message of a function arrived there (a copy: the runner's
+queue gets the message at the same moment). With the
 ``started_at``/``finished_at`` the runner writes on every process, one step
 of a linear run splits into hops::
 
-    finished_at(prev) ─► queued event of this step arrives  (runner commits, relay
-                                                            claims and publishes)
-    queued event      ─► started_at                         (RabbitMQ delivers, nameko
-                                                            dispatches, the runner opens
-                                                            its transaction and claims)
-    started_at        ─► finished_at                        (the function runs, the
-                                                            runner locks and completes)
+    finished_at(prev) ─► this step's message arrives  (the runner completes the previous
+                                                       step and commits, then publishes
+                                                       the message; RabbitMQ routes it)
+    message arrives   ─► started_at                    (RabbitMQ delivers, nameko
+                                                       dispatches, the runner opens
+                                                       its transaction and claims)
+    started_at        ─► finished_at                   (the function runs, the
+                                                       runner locks and completes)
 
-A fast step has no ``running`` event (the runner marks only steps still
+A fast step has no ``running`` mark (the runner marks only steps still
 running after ``running_mark_seconds``), so ``started_at`` is the runner's
-clock when it called the function.
-
-The queued event of a step travels in the same outbox batch as its step
-message, just before it, so its arrival marks the publish of the message.
+clock when it called the function. All clocks are this machine's.
 
 :class:`Sampler` counts, every few milliseconds during a throughput run,
 where the in-flight steps are (outbox, RabbitMQ queue, runner prefetch,
@@ -41,32 +40,31 @@ import psycopg
 
 from bench.resources import Platform, libpq
 
-__all__ = ["EventTracer", "Sampler"]
+__all__ = ["Sampler", "StepTracer"]
 
 
-class EventTracer:
-    """Arrival times of ``process.updated`` events: ``{process id: {status: epoch}}``."""
+class StepTracer:
+    """Arrival times of the step messages of ``function``: ``{process id: epoch}``."""
 
-    def __init__(self, plat: Platform) -> None:
+    def __init__(self, plat: Platform, function: str) -> None:
         from autostep.settings import amqp_params
-        from autostep.topology import EVENTS_EXCHANGE
+        from autostep.topology import STEPS_EXCHANGE
 
-        self.arrivals: dict[str, dict[str, float]] = defaultdict(dict)
+        self.arrivals: dict[str, float] = {}
         self._stop = threading.Event()
         self._conn = amqp.Connection(**amqp_params(plat.amqp_uri))
         self._conn.connect()
         channel = self._conn.channel()
-        channel.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True, auto_delete=False)
+        channel.exchange_declare(STEPS_EXCHANGE, "direct", durable=True, auto_delete=False)
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).queue
-        channel.queue_bind(queue, EVENTS_EXCHANGE, "process.updated")
+        channel.queue_bind(queue, STEPS_EXCHANGE, function)
         channel.basic_consume(queue, no_ack=True, callback=self._on_message)
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
 
     def _on_message(self, message: amqp.Message) -> None:
         now = time.time()
-        event = json.loads(message.body)
-        self.arrivals[event["id"]].setdefault(event["status"], now)
+        self.arrivals.setdefault(json.loads(message.body)["process_id"], now)
 
     def _drain(self) -> None:
         while not self._stop.is_set():
@@ -86,23 +84,19 @@ class EventTracer:
             "SELECT id, started_at, finished_at FROM process WHERE job_id = %s ORDER BY created_at",
             (job_id,),
         ).fetchall()
-        deadline = time.monotonic() + 2.0  # the last events may still be on their way
-        while time.monotonic() < deadline and any(
-            "succeeded" not in self.arrivals.get(str(r[0]), {}) for r in rows
-        ):
+        deadline = time.monotonic() + 2.0  # the last messages may still be on their way
+        while time.monotonic() < deadline and any(str(r[0]) not in self.arrivals for r in rows):
             time.sleep(0.01)
         out: dict[str, list[float]] = defaultdict(list)
         for prev, this in itertools.pairwise(rows):
-            seen = self.arrivals.get(str(this[0]), {})
-            if "queued" not in seen:
+            arrived = self.arrivals.get(str(this[0]))
+            if arrived is None:
                 continue
             finished_prev = prev[2].timestamp()
             started, finished = this[1].timestamp(), this[2].timestamp()
-            out["commit+relay"].append(seen["queued"] - finished_prev)
-            out["delivery+dispatch+claim"].append(started - seen["queued"])
+            out["commit+publish"].append(arrived - finished_prev)
+            out["delivery+dispatch+claim"].append(started - arrived)
             out["in-step"].append(finished - started)
-            if "running" in seen:
-                out["(running event after started_at)"].append(seen["running"] - started)
         return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from bench.probes import EventTracer, Sampler
+from bench.probes import Sampler, StepTracer
 from bench.report import median, pct, row, say, verdict
 from bench.resources import CpuMeter, Platform, cpu_per_step, libpq
 
@@ -191,7 +191,7 @@ def latency(client: Client, steps: int, runs: int, traced_runs: int) -> dict[str
 
 
 def _traced(client: Client, name: str, runs: int) -> dict[str, float]:
-    tracer = EventTracer(client.plat)
+    tracer = StepTracer(client.plat, "fibo")
     hops: dict[str, list[float]] = {}
     try:
         for _ in range(runs):
@@ -202,7 +202,7 @@ def _traced(client: Client, name: str, runs: int) -> dict[str, float]:
     finally:
         tracer.close()
     say()
-    say(f"  per step, from {runs} more runs with an event tracer attached (ms):")
+    say(f"  per step, from {runs} more runs with a tracer on the step messages (ms):")
     row("  hop", "median", "p90")
     medians = {}
     for hop, values in hops.items():

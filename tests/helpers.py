@@ -49,6 +49,23 @@ def outbox_events(
     return list(rows.scalars())
 
 
+def effects_by_step(session_factory: Any, job_id: uuid.UUID) -> list[tuple[str, int]]:
+    """(step, how many effect rows its functions recorded) of a job, by step name.
+
+    The effects are the rows ``tests.stepfuncs`` functions write into
+    ``test_effect`` in their step's transaction.
+    """
+    with unit_of_work(session_factory) as session:
+        rows = session.execute(
+            text(
+                "SELECT p.step, count(*) FROM test_effect e JOIN process p ON p.id = e.process_id"
+                " WHERE p.job_id = :j GROUP BY p.step ORDER BY p.step"
+            ),
+            {"j": job_id},
+        )
+        return [(step, int(count)) for step, count in rows]
+
+
 class Tap:
     """A queue of the test's own, bound next to the consumers' queues.
 

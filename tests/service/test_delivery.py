@@ -23,7 +23,7 @@ from autostep.runs import start_job
 from autostep.sdk import REGISTRY
 from autostep.settings import Settings, amqp_params
 from autostep.topology import DEAD_QUEUE, EVENTS_EXCHANGE, STEPS_EXCHANGE, declare_base
-from tests.helpers import outbox_events
+from tests.helpers import effects_by_step, outbox_events
 
 CHAIN = {
     "name": "pair",
@@ -133,15 +133,7 @@ def test_a_message_published_twice_through_rabbitmq_takes_effect_once(
     assert view["status"] == "succeeded"
     assert view["output"] == {"value": 3}
     assert [p["step"] for p in view["processes"]] == ["one", "two"]
-    with unit_of_work(session_factory) as session:
-        effects = session.execute(
-            text(
-                "SELECT p.step, count(*) FROM test_effect e JOIN process p ON p.id = e.process_id"
-                " WHERE p.job_id = :j GROUP BY p.step ORDER BY p.step"
-            ),
-            {"j": job_id},
-        ).all()
-    assert [tuple(r) for r in effects] == [("one", 1), ("two", 1)]
+    assert effects_by_step(session_factory, job_id) == [("one", 1), ("two", 1)]
 
 
 def test_events_of_a_job_arrive_in_commit_order_with_two_relays(

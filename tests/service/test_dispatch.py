@@ -22,11 +22,12 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import eventlet
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from autostep.db import unit_of_work
 from autostep.dispatch import StepDispatcher, step_dispatcher
@@ -34,7 +35,7 @@ from autostep.models import Outbox
 from autostep.relay import Relay
 from autostep.settings import get_settings
 from autostep.topology import STEPS_EXCHANGE, step_queue_name
-from tests.helpers import Tap, publish, start
+from tests.helpers import Tap, effects_by_step, publish, start
 
 GRACE = 0.3
 STEPS = 4
@@ -69,19 +70,6 @@ def chain(session_factory: Any, project: str) -> Callable[[], uuid.UUID]:
     return lambda: start(session_factory, project, name, {"value": 0})
 
 
-def _effects(session_factory: Any, job_id: uuid.UUID) -> list[tuple[str, int]]:
-    """(step, count of its effect rows) of the job, in step order."""
-    with unit_of_work(session_factory) as session:
-        rows = session.execute(
-            text(
-                "SELECT e.step, count(*) FROM test_effect AS e JOIN process AS p"
-                " ON p.id = e.process_id WHERE p.job_id = :job GROUP BY e.step ORDER BY e.step"
-            ),
-            {"job": job_id},
-        )
-        return [(step, int(count)) for step, count in rows]
-
-
 def _step_rows(session_factory: Any, job_id: uuid.UUID) -> int:
     """Step messages of ``job_id`` still in the outbox."""
     with unit_of_work(session_factory) as session:
@@ -91,6 +79,34 @@ def _step_rows(session_factory: Any, job_id: uuid.UUID) -> int:
             )
         )
         return int(found or 0)
+
+
+@dataclass
+class Platform:
+    """A runner (its dispatcher included) and a relay, with what the tests look at."""
+
+    tap: Tap
+    chain: Callable[[], uuid.UUID]
+    session_factory: Any
+    wait_for_job: Callable[..., dict[str, Any]]
+    dispatcher: StepDispatcher
+
+
+@pytest.fixture
+def platform(
+    grace: float,
+    functions: Any,
+    relay: Relay,
+    tap: Tap,
+    chain: Callable[[], uuid.UUID],
+    session_factory: Any,
+    platform_env: dict[str, str],
+    wait_for_job: Callable[..., dict[str, Any]],
+) -> Platform:
+    dispatcher = step_dispatcher(
+        platform_env["AUTOSTEP_AMQP_URI"], platform_env["AUTOSTEP_DATABASE_URL"]
+    )
+    return Platform(tap, chain, session_factory, wait_for_job, dispatcher)
 
 
 def _ids_of(tap: Tap, job_id: uuid.UUID) -> list[str]:
@@ -103,84 +119,59 @@ def _ids_of(tap: Tap, job_id: uuid.UUID) -> list[str]:
     ]
 
 
-def _dispatcher(platform_env: dict[str, str]) -> StepDispatcher:
-    return step_dispatcher(platform_env["AUTOSTEP_AMQP_URI"], platform_env["AUTOSTEP_DATABASE_URL"])
-
-
 def test_the_runner_publishes_the_steps_it_commits_once_and_leaves_no_row(
-    grace: float,
-    functions: Any,
-    relay: Relay,
-    tap: Tap,
-    chain: Callable[[], uuid.UUID],
-    session_factory: Any,
-    platform_env: dict[str, str],
-    wait_for_job: Callable[..., dict[str, Any]],
+    platform: Platform,
 ) -> None:
-    dispatcher = _dispatcher(platform_env)
-    published = dispatcher.published
+    published = platform.dispatcher.published
 
-    job_id = chain()
-    assert wait_for_job(job_id)["status"] == "succeeded"
-    eventlet.sleep(3 * grace)  # a row left behind would be the relay's by now
+    job_id = platform.chain()
+    assert platform.wait_for_job(job_id)["status"] == "succeeded"
+    eventlet.sleep(3 * GRACE)  # a row left behind would be the relay's by now
 
-    ids = _ids_of(tap, job_id)
+    ids = _ids_of(platform.tap, job_id)
     assert len(ids) == STEPS and len(set(ids)) == STEPS  # each step message once
     # the first comes from the run's start (the relay), the others from the runner
-    assert dispatcher.published - published >= STEPS - 1
-    assert _step_rows(session_factory, job_id) == 0
-    assert _effects(session_factory, job_id) == [(f"s{i}", 1) for i in range(STEPS)]
+    assert platform.dispatcher.published - published >= STEPS - 1
+    _assert_done_once(platform, job_id)
 
 
 def test_steps_a_runner_never_published_go_out_through_the_relay(
-    grace: float,
-    monkeypatch: pytest.MonkeyPatch,
-    platform_env: dict[str, str],
-    functions: Any,
-    relay: Relay,
-    tap: Tap,
-    chain: Callable[[], uuid.UUID],
-    session_factory: Any,
-    wait_for_job: Callable[..., dict[str, Any]],
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The runner dies between its commit and its publish: what it held in memory is gone.
     monkeypatch.setattr(StepDispatcher, "send", lambda self, rows: None)
 
-    job_id = chain()
-    view = wait_for_job(job_id)
+    job_id = platform.chain()
 
-    assert view["status"] == "succeeded"
-    assert len(set(_ids_of(tap, job_id))) == STEPS
-    assert _step_rows(session_factory, job_id) == 0
-    assert _effects(session_factory, job_id) == [(f"s{i}", 1) for i in range(STEPS)]
+    assert platform.wait_for_job(job_id)["status"] == "succeeded"
+    assert len(set(_ids_of(platform.tap, job_id))) == STEPS
+    _assert_done_once(platform, job_id)
 
 
 def test_a_step_published_by_both_the_runner_and_the_relay_takes_effect_once(
-    grace: float,
-    monkeypatch: pytest.MonkeyPatch,
-    platform_env: dict[str, str],
-    functions: Any,
-    relay: Relay,
-    tap: Tap,
-    chain: Callable[[], uuid.UUID],
-    session_factory: Any,
-    wait_for_job: Callable[..., dict[str, Any]],
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The runner publishes, and then its delete is lost (a crash right after the confirm).
     monkeypatch.setattr(StepDispatcher, "_delete_confirmed", lambda self: self._confirmed.clear())
 
-    job_id = chain()
-    assert wait_for_job(job_id)["status"] == "succeeded"
-    deadline = eventlet.Timeout(10, AssertionError("the relay did not publish the rows again"))
-    with deadline:
-        while _step_rows(session_factory, job_id):
+    job_id = platform.chain()
+    assert platform.wait_for_job(job_id)["status"] == "succeeded"
+    with eventlet.Timeout(10, AssertionError("the relay did not publish the rows again")):
+        while _step_rows(platform.session_factory, job_id):
             eventlet.sleep(0.05)
     with eventlet.Timeout(10, AssertionError("the duplicates were not consumed")):
-        while tap.messages_in(step_queue_name("t_add")):
+        while platform.tap.messages_in(step_queue_name("t_add")):
             eventlet.sleep(0.05)
-    eventlet.sleep(grace)  # the last duplicates delivered are handled
+    eventlet.sleep(GRACE)  # the last duplicates delivered are handled
 
-    ids = _ids_of(tap, job_id)
+    ids = _ids_of(platform.tap, job_id)
     assert len(set(ids)) == STEPS
     assert len(ids) == STEPS + (STEPS - 1)  # the runner's messages went out twice
-    assert _effects(session_factory, job_id) == [(f"s{i}", 1) for i in range(STEPS)]
+    _assert_done_once(platform, job_id)
+
+
+def _assert_done_once(platform: Platform, job_id: uuid.UUID) -> None:
+    """No step row of the job is left, and every step's effect committed once."""
+    assert _step_rows(platform.session_factory, job_id) == 0
+    effects = effects_by_step(platform.session_factory, job_id)
+    assert effects == [(f"s{i}", 1) for i in range(STEPS)]

@@ -30,9 +30,13 @@ One loop per relay process:
    token is still ours, and release nacked or returned ones with a backoff
    (``available_at``); rows another relay claimed since are left to it.
 5. **Wait** for ``NOTIFY autostep_outbox`` (fired by a statement trigger on
-   insert when a step message is due at once), the next delayed row, or
-   ``relay_poll_seconds`` (0.05 s: events notify no one, so the poll is how
-   they are found).
+   insert when a step message is due at once), the next delayed row, or the
+   poll: events notify no one, so a relay that found rows in the last
+   ``relay_idle_after_seconds`` looks again every ``relay_poll_seconds``
+   (0.05 s), an idle one every ``relay_idle_poll_seconds`` (1 s). A run
+   started while the relay is idle wakes it (its first step is due at once),
+   so only an event without a step message (a cancel, a changed trigger)
+   can wait a second.
 
 Step messages a function runner commits are published by the runner itself
 (:mod:`autostep.dispatch`); their rows become due only after a grace, so
@@ -175,6 +179,8 @@ class Relay:
         )
         self._rebalanced_at = 0.0
         self._pruned_at = 0.0
+        #: When a pass last found rows.
+        self._busy_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -256,8 +262,9 @@ class Relay:
             claimed = self.pass_once()
             if claimed >= self.settings.relay_batch_size:
                 continue
-            # After a pass that found rows, a NOTIFY is likely pending anyway.
-            self._wait(self.settings.relay_poll_seconds if claimed else self._idle_timeout())
+            if claimed:
+                self._busy_at = time.monotonic()
+            self._wait(self._idle_timeout())
 
     # -- shards -------------------------------------------------------------
 
@@ -364,7 +371,16 @@ class Relay:
     # -- waiting ------------------------------------------------------------
 
     def _idle_timeout(self) -> float:
-        timeout = self.settings.relay_poll_seconds
+        """Seconds until the next pass: the poll, shorter while rows keep coming.
+
+        ``relay_poll_seconds`` for ``relay_idle_after_seconds`` after a pass
+        that found rows (events notify no one, so a busy relay looks often),
+        then ``relay_idle_poll_seconds``; never past a delayed row's due time
+        or the next rebalance.
+        """
+        settings = self.settings
+        busy = time.monotonic() - self._busy_at < settings.relay_idle_after_seconds
+        timeout = settings.relay_poll_seconds if busy else settings.relay_idle_poll_seconds
         if self.shards:
             row = self._require_db().execute(NEXT_DUE, {"shards": sorted(self.shards)}).fetchone()
             if row and row[0] is not None:

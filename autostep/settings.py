@@ -43,10 +43,14 @@ class Settings(BaseSettings):
     relay_batch_size: int = 500
     #: Relay: seconds a claim is leased before another relay may take the rows.
     relay_lease_seconds: float = 30.0
-    #: Relay: seconds between two looks for due rows when no NOTIFY comes. Events
+    #: Relay: seconds between two looks for due rows while rows keep coming. Events
     #: notify no one (only due step messages do), so this is how late an event
     #: may reach the live grid.
     relay_poll_seconds: float = 0.05
+    #: Relay: seconds without rows after which it is idle, and its look for due rows
+    #: when idle.
+    relay_idle_after_seconds: float = 5.0
+    relay_idle_poll_seconds: float = 1.0
     #: Runner: seconds after its commit at which a step message the runner
     #: publishes itself becomes the relay's to publish, if it is still in the
     #: outbox (the runner crashed, or could not reach the broker, before it).

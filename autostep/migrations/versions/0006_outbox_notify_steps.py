@@ -7,7 +7,7 @@ inserted a step message that is due at once: a run started by a trigger,
 the gateway or the CLI. The function runners publish the step messages of
 their own transactions themselves (their rows are due only after a grace,
 for the relay to publish if the runner could not), and the rows of events
-are found by the relay's frequent poll (``relay_poll_seconds``).
+are found by the relay's poll (``relay_poll_seconds`` while busy).
 
 Revision ID: 0006
 Revises: 0005

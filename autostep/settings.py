@@ -65,9 +65,9 @@ class Settings(BaseSettings):
     group_commit_seconds: float = 0.005
     #: Runner: a function's steps are grouped only while they take less than
     #: this on average (a slow step would hold back its group's commit).
-    group_commit_fast_seconds: float = 0.01
-    #: Runner: groups of one function running at once.
-    group_commit_workers: int = 4
+    group_commit_fast_seconds: float = 0.002
+    #: Runner: groups of one function running at once (fewer: larger groups).
+    group_commit_workers: int = 2
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
     #: Relay: AMQP heartbeat interval; a broker silent for two of them is taken for dead.

@@ -152,8 +152,8 @@ MUTATIONS = (
         "group-failure-keeps-its-writes",
         "group commit: a failing function's writes roll back with its savepoint",
         "autostep/functions/group.py",
-        '        _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")\n',
-        "        pass\n",
+        '            _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")\n',
+        "            pass\n",
         (GROUP,),
     ),
     Mutation(

@@ -180,12 +180,13 @@ def _call(
     connection.info[_SAVEPOINT] = WANTED
     try:
         called.output = call_function(session, spec, message, message_id, policy)
-    except DATABASE_OUTAGES:
-        raise
-    except Exception as exc:
+    except BaseException as exc:
         if isinstance(exc, RetryableError) and connection.invalidated:
-            raise  # a timeout cut a statement short: the transaction is gone
-        if connection.info.pop(_SAVEPOINT, None) == TAKEN:
+            raise  # a timeout cut a statement short: the connection is gone, and its transaction
+        taken = connection.info.pop(_SAVEPOINT, None) == TAKEN
+        if not isinstance(exc, Exception) or isinstance(exc, DATABASE_OUTAGES):
+            raise  # the database is lost, or the worker is being killed
+        if taken:
             _driver(connection).execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}")
         session.expunge_all()  # its objects, changed or new: none of it is written
         called.error, called.retry_in = failure(exc, policy, message)

@@ -17,7 +17,15 @@ For a message ``(process_id, attempt, input)`` with AMQP ``message_id``:
    ones run;
 2. if the function (or evaluating what comes next) fails: that transaction
    rolls back and another records the failure in the inbox and schedules a
-   retry or fails the process and the job.
+   retry or fails the process and the job;
+3. after the commit, the step messages it wrote go to the process's
+   :class:`~autostep.dispatch.StepDispatcher`, which publishes them at once
+   (their outbox rows are the relay's only if it cannot).
+
+While a function's calls are quick, its messages may instead run several to
+a transaction (:mod:`autostep.functions.group`), with the same pieces:
+:func:`call_function` and :func:`failure` are shared, and
+:func:`groupable` says when, from the function's average call time here.
 
 A crash anywhere before a commit leaves the message unacknowledged, RabbitMQ
 redelivers it, and the inbox makes the redelivery a no-op once a commit

@@ -15,10 +15,11 @@ import uuid
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-__all__ = ["Claim", "claim", "prune", "record"]
+__all__ = ["Claim", "claim", "claim_many", "prune", "record"]
 
 
 class Claim(NamedTuple):
@@ -36,6 +37,18 @@ _CLAIM = """
         ON CONFLICT DO NOTHING RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
     FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = %(process_id)s
+"""
+_CLAIM_MANY = """
+    WITH wanted AS (
+        SELECT r.n, r.message_id, r.process_id
+        FROM jsonb_to_recordset(%(rows)s) AS r(n int, message_id uuid, process_id uuid)),
+    seen AS (
+        INSERT INTO inbox (consumer, message_id)
+        SELECT %(consumer)s, message_id FROM wanted ORDER BY message_id
+        ON CONFLICT DO NOTHING RETURNING message_id)
+    SELECT w.message_id IN (SELECT message_id FROM seen) AS fresh, p.status, p.attempt
+    FROM wanted AS w LEFT JOIN process AS p ON p.id = w.process_id
+    ORDER BY w.n
 """
 _RECORD = text(
     """
@@ -60,6 +73,27 @@ def claim(session: Session, consumer: str, message_id: uuid.UUID, process_id: uu
     assert row is not None
     fresh, status, attempt = row
     return Claim(bool(fresh), status, attempt)
+
+
+def claim_many(
+    session: Session, consumer: str, messages: list[tuple[uuid.UUID, uuid.UUID]]
+) -> list[Claim]:
+    """:func:`claim` for several (message id, process id), in one statement; in their order.
+
+    The message ids must differ. The inbox rows are inserted in the order of
+    their ids, so that two transactions claiming the same messages wait for
+    each other in one order.
+    """
+    driver = session.connection().connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    rows = [
+        {"n": n, "message_id": str(message_id), "process_id": str(process_id)}
+        for n, (message_id, process_id) in enumerate(messages)
+    ]
+    with driver.cursor() as cursor:
+        cursor.execute(_CLAIM_MANY, {"consumer": consumer, "rows": Jsonb(rows)}, prepare=True)
+        found = cursor.fetchall()
+    return [Claim(bool(fresh), status, attempt) for fresh, status, attempt in found]
 
 
 def record(session: Session, consumer: str, message_id: uuid.UUID) -> bool:

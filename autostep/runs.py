@@ -64,6 +64,7 @@ from autostep.validation import JobInput, check
 __all__ = [
     "cancel_job",
     "claim_step",
+    "claim_steps",
     "complete_process",
     "fail_attempt",
     "mark_running",
@@ -233,6 +234,26 @@ def claim_step(
     if found.status is None:
         raise NotFoundError(f"no process {process_id}")
     return found.attempt == attempt and not ProcessStatus(found.status).finished
+
+
+def claim_steps(
+    session: Session, consumer: str, messages: list[tuple[uuid.UUID, uuid.UUID, int]]
+) -> list[bool | None]:
+    """:func:`claim_step` for several (message id, process id, attempt) at once.
+
+    One statement (:func:`autostep.inbox.claim_many`); for each, in order,
+    whether its function should run, or None for a process this database
+    never had. The message ids must differ.
+    """
+    found = inbox.claim_many(session, consumer, [(m, p) for m, p, _ in messages])
+    return [
+        None
+        if claim.fresh and claim.status is None
+        else claim.fresh
+        and claim.attempt == attempt
+        and not ProcessStatus(str(claim.status)).finished
+        for claim, (_, _, attempt) in zip(found, messages, strict=True)
+    ]
 
 
 def complete_process(

@@ -149,6 +149,14 @@ MUTATIONS = (
         (EXACTLY_ONCE, "tests/service/test_delivery.py", DISPATCH),
     ),
     Mutation(
+        "group-claims-ignore-inbox",
+        "no doubled effect in a group: a message seen before is not run again",
+        "autostep/runs.py",
+        "        else claim.fresh\n        and claim.attempt == attempt\n",
+        "        else claim.attempt == attempt\n",
+        (GROUP,),
+    ),
+    Mutation(
         "group-failure-keeps-its-writes",
         "group commit: a failing function's writes roll back with its savepoint",
         "autostep/functions/group.py",
@@ -184,8 +192,8 @@ MUTATIONS = (
         "group-commits-half",
         "group commit: a group whose transaction breaks commits nothing",
         "autostep/functions/group.py",
-        "                result = _call(session, spec, found, consumer)\n",
-        "                result = _call(session, spec, found, consumer)\n"
+        "                        outcomes.append(result)\n",
+        "                        outcomes.append(result)\n"
         "                session.commit()\n",
         (GROUP,),
     ),

@@ -4,8 +4,10 @@ When a function's steps are quick and its messages queue up, a runner pays
 for a transaction per step (the begin, the commit and its WAL flush, a
 session, a worker) more than for the steps themselves. The function service
 then hands a :class:`StepGroup` to :func:`run_group`, which runs the group's
-messages one after another in **one** transaction, as :func:`run_step` runs
-one: the inbox claim, the function, the completion. One commit then holds
+messages in **one** transaction, with the same pieces as :func:`run_step`
+for one: the messages ready are claimed in the inbox together (one
+statement), their functions called one after another, then the steps
+completed. One commit then holds
 the effects, results and next messages of every step of the group, and the
 messages are acknowledged only after it (the service settles them).
 
@@ -27,10 +29,12 @@ service runs each of them alone with :func:`run_step`, as if the group had
 never been. Their functions may run a second time, as they may after any
 crash before a commit; their effects commit once.
 
-**Bounds.** A group takes at most ``group_commit_size`` messages and stops
-taking more once it has run for ``group_commit_seconds``, so a slow step
-holds back the commit of at most the steps before it in its group; it never
-waits for a message to arrive: a lone message is a group of one.
+**Bounds.** A group takes the messages ready, in rounds: every message
+ready when a round begins, claimed in one statement, then their functions.
+It takes at most ``group_commit_size`` messages and no more rounds once it
+has run for ``group_commit_seconds``, so a slow step holds back the commit
+of at most the steps of its group; it never waits for a message to arrive:
+a lone message is a group of one.
 
 **Lock order.** The messages are claimed and their functions called in the
 order they came, locking nothing of the engine's (a claim inserts an inbox
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,7 +63,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep import runs
 from autostep.db import DATABASE_OUTAGES, unit_of_work
 from autostep.dispatch import StepDispatcher
-from autostep.exceptions import NotFoundError, PoisonMessage, RetryableError, StaleAttempt
+from autostep.exceptions import PoisonMessage, RetryableError, StaleAttempt
 from autostep.messages import StepMessage, parse_step_message
 from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec
@@ -106,6 +111,13 @@ class StepGroup:
             self.taken += 1
         return found
 
+    def round(self) -> list[tuple[Any, str | None]]:
+        """Every message ready now, as far as the bounds allow (none once they are reached)."""
+        taken = []
+        while (found := self.next()) is not None:
+            taken.append(found)
+        return taken
+
 
 def run_group(
     factory: sessionmaker[Session],
@@ -131,13 +143,14 @@ def run_group(
         with unit_of_work(factory) as session:
             committed_steps = dispatch_after_commit(session) if dispatcher else []
             called: list[tuple[int, _Called]] = []
-            while (found := group.next()) is not None:
-                result = _call(session, spec, found, consumer)
-                if isinstance(result, _Called):
-                    called.append((len(outcomes), result))
-                    outcomes.append(StepOutcome.SUCCEEDED)  # settled below
-                else:
-                    outcomes.append(result)
+            claimed: set[uuid.UUID] = set()
+            while taken := group.round():
+                for result in _run_round(session, spec, taken, consumer, claimed):
+                    if isinstance(result, _Called):
+                        called.append((len(outcomes), result))
+                        outcomes.append(StepOutcome.SUCCEEDED)  # settled below
+                    else:
+                        outcomes.append(result)
             called.sort(key=lambda item: (item[1].message.job_id, item[1].message.process_id))
             for index, step in called:
                 outcomes[index] = _finish(session, step)
@@ -148,6 +161,47 @@ def run_group(
     except Exception as exc:
         raise GroupBroken(exc) from exc
     return outcomes
+
+
+def _run_round(
+    session: Session,
+    spec: FunctionSpec,
+    taken: list[tuple[Any, str | None]],
+    consumer: str,
+    claimed: set[uuid.UUID],
+) -> list[_Called | StepOutcome | PoisonMessage]:
+    """Claim the messages of a round in one statement, then call their functions in order.
+
+    ``claimed`` holds the message ids the group claimed so far: a message
+    taken twice (delivered again meanwhile) is skipped the second time.
+    """
+    results: list[_Called | StepOutcome | PoisonMessage] = []
+    to_claim: list[tuple[int, StepMessage, uuid.UUID]] = []
+    for body, raw_id in taken:
+        try:
+            message, message_id = parse_step_message(body, raw_id)
+        except PoisonMessage as exc:
+            results.append(exc)
+            continue
+        if message_id in claimed:
+            results.append(StepOutcome.SKIPPED)
+            continue
+        claimed.add(message_id)
+        to_claim.append((len(results), message, message_id))
+        results.append(StepOutcome.SKIPPED)  # until claimed
+    if not to_claim:
+        return results
+    runnable = runs.claim_steps(
+        session, consumer, [(m_id, m.process_id, m.attempt) for _, m, m_id in to_claim]
+    )
+    for (index, message, message_id), run in zip(to_claim, runnable, strict=True):
+        if run is None:
+            results[index] = PoisonMessage(
+                f"step message for an unknown process {message.process_id}"
+            )
+        elif run:
+            results[index] = _call(session, spec, message, message_id)
+    return results
 
 
 @dataclass
@@ -162,18 +216,9 @@ class _Called:
 
 
 def _call(
-    session: Session, spec: FunctionSpec, found: tuple[Any, str | None], consumer: str
-) -> _Called | StepOutcome | PoisonMessage:
-    """Claim the message and call the function, its writes behind a lazy savepoint."""
-    body, raw_id = found
-    try:
-        message, message_id = parse_step_message(body, raw_id)
-        if not runs.claim_step(session, consumer, message_id, message.process_id, message.attempt):
-            return StepOutcome.SKIPPED
-    except PoisonMessage as exc:
-        return exc
-    except NotFoundError as exc:
-        return PoisonMessage(f"step message for an unknown process: {exc}")
+    session: Session, spec: FunctionSpec, message: StepMessage, message_id: uuid.UUID
+) -> _Called:
+    """Call the function of a claimed message, its writes behind a lazy savepoint."""
     policy = spec.policy.override(message.policy)
     called = _Called(message, datetime.now(UTC))
     connection = session.connection()

@@ -134,10 +134,22 @@ def test_a_group_whose_transaction_breaks_commits_nothing(
 ) -> None:
     messages = _messages(session_factory, project)
     processes = [process_id for _, _, process_id in messages]
-    pending = [(body, message_id) for body, message_id, _ in messages]
+    # three messages ready at first (a round), the other two once those ran
+    rounds: list[list[Any]] = [
+        [(body, message_id) for body, message_id, _ in messages[:3]],
+        [(body, message_id) for body, message_id, _ in messages[3:]],
+    ]
+    cut: list[bool] = []
 
     def source() -> tuple[Any, str | None] | None:
-        if len(pending) == 2:  # the database goes away in the middle of the group
+        if rounds and not rounds[0]:  # this round is over
+            rounds.pop(0)
+            return None
+        if not rounds:
+            return None
+        if len(rounds) == 1 and not cut:
+            # the database goes away in the middle of the group, between its rounds
+            cut.append(True)
             with unit_of_work(session_factory) as session:
                 session.execute(
                     text(
@@ -146,7 +158,7 @@ def test_a_group_whose_transaction_breaks_commits_nothing(
                         " AND state = 'idle in transaction'"
                     )
                 )
-        return pending.pop(0) if pending else None
+        return rounds[0].pop(0)
 
     try:
         run_group(
@@ -155,11 +167,12 @@ def test_a_group_whose_transaction_breaks_commits_nothing(
             StepGroup(source, size=100, seconds=60),
             consumer="fn",
         )
-    except GroupBroken:
-        pass
+    except GroupBroken as exc:
+        broken = str(exc)
     else:
         raise AssertionError("the group's transaction was cut, yet it did not break")
 
+    assert cut and "connection is lost" in broken, broken  # the cut broke it, nothing else
     assert _effects(session_factory, processes) == [0] * GROUP
     assert _processes(session_factory, processes) == [("queued", 1)] * GROUP
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import amqp
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.runs import start_job
-from autostep.settings import amqp_params
+from autostep.settings import amqp_params, libpq_dsn
 from autostep.topology import declare_base
 
 
@@ -47,6 +48,25 @@ def outbox_events(
         {"type": event_type, "id": None if entity_id is None else str(entity_id)},
     )
     return list(rows.scalars())
+
+
+def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (cooperatively) until ``condition()`` holds; AssertionError after ``timeout`` s."""
+    import eventlet
+
+    with eventlet.Timeout(timeout, AssertionError("condition not reached in time")):
+        while not condition():
+            eventlet.sleep(0.01)
+
+
+def waiting_on_a_lock(database_url: str) -> int:
+    """Sessions of the test database waiting for a lock right now."""
+    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(found[0]) if found else 0
 
 
 def effects_by_step(session_factory: Any, job_id: uuid.UUID) -> list[tuple[str, int]]:

@@ -12,11 +12,9 @@ two truly overlap; a counter outside any transaction counts the calls.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import eventlet
-import psycopg
 from eventlet.event import Event
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, text
@@ -28,7 +26,7 @@ from autostep.functions.runner import StepOutcome, run_step
 from autostep.models import Outbox, Process
 from autostep.runs import start_job
 from autostep.sdk import REGISTRY
-from autostep.settings import libpq_dsn
+from tests.helpers import until, waiting_on_a_lock
 
 called: list[uuid.UUID] = []
 gates: list[Event] = []
@@ -48,21 +46,6 @@ def gate(inp: Anything, ctx: StepContext) -> Anything:
         {"p": ctx.process_id, "s": ctx.step},
     )
     return Anything(called=True)
-
-
-def _waiting_on_a_lock(database_url: str) -> int:
-    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    with eventlet.Timeout(timeout, AssertionError("condition not reached in time")):
-        while not condition():
-            eventlet.sleep(0.01)
 
 
 def test_two_deliveries_of_one_message_at_once_call_the_function_once(
@@ -86,9 +69,9 @@ def test_two_deliveries_of_one_message_at_once_call_the_function_once(
         )
 
     first = eventlet.spawn(deliver)
-    _until(lambda: len(called) == 1)  # the first delivery is inside the function
+    until(lambda: len(called) == 1)  # the first delivery is inside the function
     second = eventlet.spawn(deliver)
-    _until(lambda: _waiting_on_a_lock(database_url) == 1)  # ...the second waits on its inbox row
+    until(lambda: waiting_on_a_lock(database_url) == 1)  # ...the second waits on its inbox row
     gates[-1].send()
     outcomes = sorted([first.wait(), second.wait()])
 

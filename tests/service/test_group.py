@@ -32,6 +32,8 @@ from autostep.runs import start_job
 from autostep.sdk import REGISTRY
 from autostep.settings import get_settings
 from autostep.topology import step_queue_name
+from tests.helpers import until, waiting_on_a_lock
+from tests.service.test_exactly_once import called, gates
 
 GROUP = 5
 FAILING = 2  # the index of the message whose function raises
@@ -276,3 +278,35 @@ def test_groups_lock_jobs_in_one_order_and_never_deadlock_each_other(
     outcomes = [first.wait(), second.wait()]
 
     assert outcomes == [[StepOutcome.SUCCEEDED] * 2] * 2  # neither group broke
+
+
+def test_two_groups_holding_one_message_at_once_call_its_function_once(
+    session_factory: Any, project: str, database_url: str, effect_table: None
+) -> None:
+    name = f"gate-{uuid.uuid4().hex[:6]}"
+    with unit_of_work(session_factory) as session:
+        definition = {"name": name, "steps": [{"name": "one", "function": "t_gate"}]}
+        publish_workflow(session, project, definition)
+        job_id = start_job(session, project, name, {}).id
+        process_id = session.scalar(select(Process.id).where(Process.job_id == job_id))
+        row = session.scalar(
+            select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id == process_id)
+        )
+        assert row is not None and process_id is not None
+    called.clear()
+    gates.append(Event())
+
+    def deliver() -> Any:
+        pending = [(row.payload, str(row.id))]
+        group = StepGroup(lambda: pending.pop(0) if pending else None, size=10, seconds=60)
+        return run_group(session_factory, REGISTRY["t_gate"], group, consumer="fn")
+
+    first = eventlet.spawn(deliver)
+    until(lambda: len(called) == 1)  # the first group is inside the function
+    second = eventlet.spawn(deliver)
+    until(lambda: waiting_on_a_lock(database_url) == 1)  # ...the second waits on the inbox row
+    gates[-1].send()
+
+    assert sorted([first.wait(), second.wait()]) == [[StepOutcome.SKIPPED], [StepOutcome.SUCCEEDED]]
+    assert called == [process_id]
+    assert _effects(session_factory, [process_id]) == [1]

@@ -8,7 +8,7 @@ runner's session), the step message's outbox row is due only after
 green thread per runner process, publishes what it was handed (with
 confirms, step messages mandatory, as the relay does:
 :class:`~autostep.confirmed.ConfirmedPublisher`) and then deletes the
-confirmed rows, many in one statement. So a step costs no NOTIFY, no relay
+confirmed rows, many in one statement, every 50 ms at most. So a step costs no NOTIFY, no relay
 claim, no lease and no relay publish, and the next step starts without
 waiting for the relay.
 
@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import random
+import time
 import uuid
 from typing import Any
 
@@ -62,8 +63,11 @@ HEARTBEAT_SECONDS = 10
 #: Reconnection delays: the first, and the most (each drawn with jitter below it).
 RECONNECT_MIN_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 5.0
-#: Confirmed rows are deleted when this many wait, or when nothing waits to be published.
+#: Confirmed rows are deleted when this many wait, or when the first of them has
+#: waited this long: a delete costs a round trip and a commit, which a chain of
+#: steps would otherwise pay at every step, while the next step waits for the CPU.
 DELETE_BATCH = 500
+DELETE_AFTER_SECONDS = 0.05
 #: Rows published in one go at most.
 PUBLISH_BATCH = 500
 
@@ -85,6 +89,7 @@ class StepDispatcher:
         self.left_to_relay = 0
         self._queue: LightQueue = LightQueue()
         self._confirmed: list[uuid.UUID] = []
+        self._delete_at = 0.0
         self._db: psycopg.Connection[Any] | None = None
         self._thread: Any = None
         self._stopping = False
@@ -169,7 +174,11 @@ class StepDispatcher:
             rows = self._take()
             if rows:
                 self._publish(rows)
-            if self._confirmed and (self._queue.empty() or len(self._confirmed) >= DELETE_BATCH):
+            if self._confirmed and (
+                len(self._confirmed) >= DELETE_BATCH
+                or time.monotonic() >= self._delete_at
+                or self._stopping
+            ):
                 self._delete_confirmed()
             if self._stopping and self._queue.empty():
                 return
@@ -177,10 +186,13 @@ class StepDispatcher:
                 self.publisher.tend()
 
     def _take(self) -> list[dict[str, Any]]:
-        """The rows handed over so far (waiting up to :data:`TICK_SECONDS` for the first)."""
+        """The rows handed over so far, waiting for the first until a delete or a tick is due."""
         rows: list[dict[str, Any]] = []
+        wait = TICK_SECONDS
+        if self._confirmed:
+            wait = min(wait, max(0.0, self._delete_at - time.monotonic()))
         try:
-            rows.extend(self._queue.get(timeout=0 if self._stopping else TICK_SECONDS))
+            rows.extend(self._queue.get(timeout=0 if self._stopping else wait))
             while len(rows) < PUBLISH_BATCH:
                 rows.extend(self._queue.get_nowait())
         except Empty:
@@ -205,6 +217,8 @@ class StepDispatcher:
         except BaseException:
             self.left_to_relay += len(messages)
             raise
+        if publication.acked and not self._confirmed:
+            self._delete_at = time.monotonic() + DELETE_AFTER_SECONDS
         self._confirmed.extend(publication.acked)
         self.published += len(publication.acked)
         self.left_to_relay += len(messages) - len(publication.acked)

@@ -20,8 +20,7 @@ from autostep.db import unit_of_work
 from autostep.exceptions import ConflictError
 from autostep.firing import FireOutcome
 from autostep.models import Job, JobStatus, Trigger, TriggerTick
-from tests.helpers import publish
-from tests.service.test_exactly_once import _waiting_on_a_lock
+from tests.helpers import publish, waiting_on_a_lock
 
 DEFINITION = {"name": "w", "steps": [{"name": "a", "function": "t_noop"}]}
 #: A tick of the schedules below, on the hour.
@@ -93,7 +92,7 @@ def test_one_tick_fired_from_two_connections_at_once_starts_one_job(
     with unit_of_work(session_factory) as first:
         assert firing.fire_tick(first, trigger_id, TICK, now=TICK).outcome is FireOutcome.STARTED
         second = eventlet.spawn(fire, session_factory, trigger_id)
-        while not second.dead and not _waiting_on_a_lock(database_url):
+        while not second.dead and not waiting_on_a_lock(database_url):
             eventlet.sleep(0.02)
     assert second.wait().outcome is FireOutcome.ALREADY_FIRED
     assert len(jobs(session_factory, trigger_id)) == 1
@@ -118,7 +117,7 @@ def test_forbid_holds_when_two_ticks_fire_at_once(
         assert firing.fire_tick(first, trigger_id, TICK, now=TICK).outcome is FireOutcome.STARTED
         second = eventlet.spawn(fire, session_factory, trigger_id, TICK + timedelta(minutes=10))
         # the second waits for the first's trigger lock; without it, it would not see the job
-        while not second.dead and not _waiting_on_a_lock(database_url):
+        while not second.dead and not waiting_on_a_lock(database_url):
             eventlet.sleep(0.02)
     assert second.wait().outcome is FireOutcome.SKIPPED
     assert len(jobs(session_factory, trigger_id)) == 1

@@ -34,7 +34,8 @@ class Claim(NamedTuple):
 _CLAIM = """
     WITH seen AS (
         INSERT INTO inbox (consumer, message_id) VALUES (%(consumer)s, %(message_id)s)
-        ON CONFLICT DO NOTHING RETURNING 1)
+        ON CONFLICT DO NOTHING RETURNING 1),
+    consumed AS (DELETE FROM outbox WHERE id = %(consumed)s)
     SELECT EXISTS (SELECT 1 FROM seen) AS fresh, p.status, p.attempt
     FROM (SELECT 1) AS one LEFT JOIN process AS p ON p.id = %(process_id)s
 """
@@ -59,14 +60,28 @@ _RECORD = text(
 _PRUNE = "DELETE FROM inbox WHERE received_at < now() - make_interval(days => %(days)s)"
 
 
-def claim(session: Session, consumer: str, message_id: uuid.UUID, process_id: uuid.UUID) -> Claim:
+def claim(
+    session: Session,
+    consumer: str,
+    message_id: uuid.UUID,
+    process_id: uuid.UUID,
+    *,
+    consumed: uuid.UUID | None = None,
+) -> Claim:
     """Record a step message for ``consumer`` and read its process, in one statement.
 
-    A prepared statement on the session's psycopg connection, in its transaction.
+    A prepared statement on the session's psycopg connection, in its
+    transaction. With ``consumed``, the same statement deletes that outbox
+    row: a step run straight from its row, without the broker.
     """
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    params = {"consumer": consumer, "message_id": message_id, "process_id": process_id}
+    params = {
+        "consumer": consumer,
+        "message_id": message_id,
+        "process_id": process_id,
+        "consumed": consumed,
+    }
     with driver.cursor() as cursor:
         cursor.execute(_CLAIM, params, prepare=True)
         row = cursor.fetchone()

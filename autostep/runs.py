@@ -217,7 +217,13 @@ def mark_running(session: Session, job_id: uuid.UUID, process_id: uuid.UUID, att
 
 
 def claim_step(
-    session: Session, consumer: str, message_id: uuid.UUID, process_id: uuid.UUID, attempt: int
+    session: Session,
+    consumer: str,
+    message_id: uuid.UUID,
+    process_id: uuid.UUID,
+    attempt: int,
+    *,
+    consumed: uuid.UUID | None = None,
 ) -> bool:
     """Record a step message in the inbox and say whether its function should run.
 
@@ -226,9 +232,11 @@ def claim_step(
     with its job, or moved on to another attempt); raises
     :class:`NotFoundError` for a process this database never had. Nothing is
     locked while the function runs, so the children of a fan-out run in
-    parallel; :func:`complete_process` locks and checks again.
+    parallel; :func:`complete_process` locks and checks again. With
+    ``consumed``, the same statement deletes that outbox row (a step run
+    straight from its row, without the broker).
     """
-    found = inbox.claim(session, consumer, message_id, process_id)
+    found = inbox.claim(session, consumer, message_id, process_id, consumed=consumed)
     if not found.fresh:
         return False
     if found.status is None:

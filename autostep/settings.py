@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     group_commit_fast_seconds: float = 0.002
     #: Runner: groups of one function running at once (fewer: larger groups).
     group_commit_workers: int = 2
+    #: Runner: the lone next step of a transaction, for a function this runner
+    #: serves and has no message waiting for, runs here at once instead of
+    #: through the broker; at most this many at a time per function (0: never).
+    eager_steps: int = 4
     #: Relay: seconds between rebalances of the outbox shards among relays.
     relay_rebalance_seconds: float = 5.0
     #: Relay: AMQP heartbeat interval; a broker silent for two of them is taken for dead.

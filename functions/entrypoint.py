@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,10 +68,12 @@ __all__ = [
     "Delivery",
     "DeliveryGroup",
     "Disposition",
+    "LocalStep",
     "StepConsumer",
     "StepQueueConsumer",
     "dead_letter_consumer",
     "dead_queue",
+    "hand_over",
     "settle",
     "step_consumer",
     "step_queue",
@@ -116,6 +119,17 @@ class Delivery:
     queue: str
     #: Whether the runner is stopping (then a held message is given back).
     stopping: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class LocalStep(Delivery):
+    """A step message this process runs itself, straight from its outbox row.
+
+    ``message_id`` is the row's id, as the broker would have delivered it;
+    the run's claim deletes the row (see :func:`hand_over`).
+    """
+
+    row_id: uuid.UUID
 
 
 @dataclass
@@ -382,6 +396,9 @@ class StepConsumer(Consumer):
         self.groups = 0
         self.grouped = 0
         self.largest_group = 0
+        #: Steps running here straight from their outbox rows (:meth:`run_here`).
+        self.local_running = 0
+        self.ran_here = 0
 
     def setup(self) -> None:
         super().setup()
@@ -390,9 +407,16 @@ class StepConsumer(Consumer):
     def start(self) -> None:
         self.stopping = False
         super().start()
+        if self.dead_letters:  # a step queue: this process serves its function
+            _LOCAL[self.queue.routing_key] = self
+
+    def _leave(self) -> None:
+        self.stopping = True
+        if _LOCAL.get(self.queue.routing_key) is self:
+            del _LOCAL[self.queue.routing_key]
 
     def stop(self) -> None:
-        self.stopping = True
+        self._leave()
         if self.groups:
             log.info(
                 "%s: %d messages ran in %d groups (group commit), at most %d in one",
@@ -404,7 +428,7 @@ class StepConsumer(Consumer):
         super().stop()
 
     def kill(self) -> None:
-        self.stopping = True
+        self._leave()
         super().kill()
 
     def handle_message(self, body: Any, message: Any) -> None:
@@ -428,6 +452,42 @@ class StepConsumer(Consumer):
                 self.consumer.requeue_message(message)
 
         self.container.spawn_managed_thread(spawn_worker)
+
+    def run_here(self, row: dict[str, Any]) -> bool:
+        """Run the step message of outbox ``row`` in a worker here, if this consumer is free.
+
+        Free: not stopping, no message of its queue waiting for a worker, and
+        fewer than ``eager_steps`` steps running here this way. False: the
+        caller has the row published instead.
+        """
+        if self.stopping or self.ready or self.local_running >= get_settings().eager_steps:
+            return False
+        self.local_running += 1
+        self.ran_here += 1
+        row_id = uuid.UUID(str(row["id"]))
+        step = LocalStep(
+            body=row["payload"],
+            message_id=str(row_id),
+            headers={},
+            queue=self.queue.name,
+            stopping=lambda: self.stopping,
+            row_id=row_id,
+        )
+
+        def spawn_worker() -> None:
+            try:
+                self.container.spawn_worker(self, (step,), {}, handle_result=self._ran_here)
+            except ContainerBeingKilled:
+                self.local_running -= 1  # its row is the relay's after the grace
+
+        self.container.spawn_managed_thread(spawn_worker)
+        return True
+
+    def _ran_here(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> Any:
+        # No broker message to settle: a step that did not commit leaves its
+        # row in the outbox, published by the relay once the grace has passed.
+        self.local_running -= 1
+        return result, exc_info
 
     def _start_group(self) -> None:
         """Start a group worker if messages are ready and fewer than the most run."""
@@ -479,6 +539,29 @@ class StepConsumer(Consumer):
             self.consumer.requeue_message(message)
         else:
             self.consumer.ack_message(message)
+
+
+#: The step consumers of this process, by the function they serve.
+_LOCAL: dict[str, StepConsumer] = {}
+
+
+def hand_over(rows: list[dict[str, Any]], dispatcher: Any) -> None:
+    """After a commit, send on the step rows it wrote (see :mod:`autostep.dispatch`).
+
+    The lone next step of a chain runs here at once, straight from its row,
+    when this process serves its function and that consumer is free
+    (:meth:`StepConsumer.run_here`): no publish, no delivery. Anything
+    else goes to ``dispatcher`` (a
+    :class:`~autostep.dispatch.StepDispatcher`), which publishes it. Either
+    way the row stays in the outbox until the step's claim, or the
+    dispatcher, deletes it, so the relay publishes it after the grace if
+    this process dies first.
+    """
+    if len(rows) == 1:
+        consumer = _LOCAL.get(rows[0]["routing_key"])
+        if consumer is not None and consumer.run_here(rows[0]):
+            return
+    dispatcher.send(rows)
 
 
 def step_consumer(function: str, grouping: Callable[[], bool] | None = None) -> Any:

@@ -64,6 +64,7 @@ from autostep import runs
 from autostep.db import DATABASE_OUTAGES, unit_of_work
 from autostep.dispatch import StepDispatcher
 from autostep.exceptions import PoisonMessage, RetryableError, StaleAttempt
+from autostep.functions.entrypoint import hand_over
 from autostep.messages import StepMessage, parse_step_message
 from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec
@@ -155,7 +156,7 @@ def run_group(
             for index, step in called:
                 outcomes[index] = _finish(session, step)
         if dispatcher is not None:
-            dispatcher.send(committed_steps)
+            hand_over(committed_steps, dispatcher)
     except GroupBroken:
         raise
     except Exception as exc:

@@ -69,6 +69,7 @@ from autostep.exceptions import (
     StaleAttempt,
     TransactionConflict,
 )
+from autostep.functions.entrypoint import hand_over
 from autostep.messages import StepMessage, parse_step_message
 from autostep.outbox import dispatch_after_commit
 from autostep.sdk import FunctionSpec, RetryPolicy, StepContext
@@ -131,6 +132,7 @@ def run_step(
     *,
     consumer: str,
     dispatcher: StepDispatcher | None = None,
+    consumed_row: uuid.UUID | None = None,
 ) -> StepOutcome:
     """Run the step message ``body`` once, exactly once in effect.
 
@@ -139,12 +141,14 @@ def run_step(
     database is lost (or its transaction kept conflicting with others).
     With a ``dispatcher``, the step messages the transaction commits are
     published by it right after the commit (the relay publishes them only
-    if it cannot); without, by the relay.
+    if it cannot); without, by the relay. With ``consumed_row``, the message
+    comes straight from that outbox row (run here, without the broker): the
+    claim deletes the row in the same transaction.
     """
     message, msg_id = parse_step_message(body, message_id)
     try:
         return retry_conflicts(
-            lambda: _run(factory, spec, message, msg_id, consumer, dispatcher),
+            lambda: _run(factory, spec, message, msg_id, consumer, dispatcher, consumed_row),
             f"step {message.step} attempt {message.attempt}",
         )
     except NotFoundError as exc:
@@ -188,13 +192,19 @@ def _run(
     message_id: uuid.UUID,
     consumer: str,
     dispatcher: StepDispatcher | None,
+    consumed_row: uuid.UUID | None = None,
 ) -> StepOutcome:
     policy = spec.policy.override(message.policy)
     try:
         with unit_of_work(factory) as session:
             committed_steps = dispatch_after_commit(session) if dispatcher else []
             if not runs.claim_step(
-                session, consumer, message_id, message.process_id, message.attempt
+                session,
+                consumer,
+                message_id,
+                message.process_id,
+                message.attempt,
+                consumed=consumed_row,
             ):
                 return StepOutcome.SKIPPED
             started_at = datetime.now(UTC)
@@ -203,7 +213,7 @@ def _run(
                 session, message.process_id, message.attempt, output, started_at=started_at
             )
         if dispatcher is not None:
-            dispatcher.send(committed_steps)
+            hand_over(committed_steps, dispatcher)
         return StepOutcome.SUCCEEDED
     except StaleAttempt:
         return StepOutcome.SKIPPED

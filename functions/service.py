@@ -40,6 +40,7 @@ from autostep.functions.entrypoint import (
     Delivery,
     DeliveryGroup,
     Disposition,
+    LocalStep,
     settle,
     step_consumer,
 )
@@ -69,6 +70,7 @@ def service_for(spec: FunctionSpec) -> type:
             work.message_id,
             consumer=service_name,
             dispatcher=self.dispatch,
+            consumed_row=work.row_id if isinstance(work, LocalStep) else None,
         )
         return str(settle(work, run, factory))
 

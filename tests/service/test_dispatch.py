@@ -43,11 +43,17 @@ STEPS = 4
 
 @pytest.fixture
 def grace(platform_env: dict[str, str]) -> Iterator[float]:
-    """Step messages of the runners are the relay's after ``GRACE`` seconds."""
+    """Step messages of the runners are the relay's after ``GRACE`` seconds.
+
+    And every step goes through the broker (none runs straight from its row:
+    ``tests/service/test_eager.py`` is about those).
+    """
     os.environ["AUTOSTEP_DISPATCH_GRACE_SECONDS"] = str(GRACE)
+    os.environ["AUTOSTEP_EAGER_STEPS"] = "0"
     get_settings.cache_clear()
     yield GRACE
     del os.environ["AUTOSTEP_DISPATCH_GRACE_SECONDS"]
+    del os.environ["AUTOSTEP_EAGER_STEPS"]
     get_settings.cache_clear()
 
 

@@ -198,12 +198,20 @@ MUTATIONS = (
         (GROUP,),
     ),
     Mutation(
+        "eager-step-leaves-its-row",
+        "a step run straight from its outbox row deletes the row with its claim",
+        "autostep/inbox.py",
+        "    consumed AS (DELETE FROM outbox WHERE id = %(consumed)s)",
+        "    consumed AS (SELECT %(consumed)s::uuid)",
+        ("tests/service/test_eager.py",),
+    ),
+    Mutation(
         "direct-steps-not-in-outbox",
         "no lost step: a step message the runner publishes itself is in the outbox too",
         "autostep/outbox.py",
         "        self._steps.append(row)\n",
         "        if not direct:\n            self._steps.append(row)\n",
-        (DISPATCH,),
+        (DISPATCH, "tests/service/test_eager.py"),
     ),
     Mutation(
         "dispatcher-never-deletes",
@@ -336,7 +344,11 @@ MUTATIONS = (
         "held-through-stop",
         "a runner that stops gives a message held through an outage back",
         "autostep/functions/entrypoint.py",
+        "            headers=message.headers or {},\n"
+        "            queue=self.queue.name,\n"
         "            stopping=lambda: self.stopping,\n",
+        "            headers=message.headers or {},\n"
+        "            queue=self.queue.name,\n"
         "            stopping=lambda: False,\n",
         (RUNNER_FAULTS,),
     ),

@@ -396,6 +396,8 @@ class StepConsumer(Consumer):
         self.groups = 0
         self.grouped = 0
         self.largest_group = 0
+        #: Messages delivered and not settled yet.
+        self.held = 0
         #: Steps running here straight from their outbox rows (:meth:`run_here`).
         self.local_running = 0
         self.ran_here = 0
@@ -439,6 +441,7 @@ class StepConsumer(Consumer):
             queue=self.queue.name,
             stopping=lambda: self.stopping,
         )
+        self.held += 1
         if self.grouping is not None and (self.ready or self.grouping()):
             self.ready.append((delivery, message))
             self._start_group()
@@ -449,6 +452,7 @@ class StepConsumer(Consumer):
             try:
                 self.container.spawn_worker(self, (delivery,), {}, handle_result=handle_result)
             except ContainerBeingKilled:
+                self.held -= 1
                 self.consumer.requeue_message(message)
 
         self.container.spawn_managed_thread(spawn_worker)
@@ -456,11 +460,14 @@ class StepConsumer(Consumer):
     def run_here(self, row: dict[str, Any]) -> bool:
         """Run the step message of outbox ``row`` in a worker here, if this consumer is free.
 
-        Free: not stopping, no message of its queue waiting for a worker, and
-        fewer than ``eager_steps`` steps running here this way. False: the
-        caller has the row published instead.
+        Free: not stopping, holding no message of its queue but the one
+        whose transaction wrote ``row`` (a busy runner leaves the step to the
+        broker, where the runners share it and groups form), and fewer than
+        ``eager_steps`` steps running here this way. False: the caller has
+        the row published instead.
         """
-        if self.stopping or self.ready or self.local_running >= get_settings().eager_steps:
+        busy = self.held > 1 or self.local_running >= get_settings().eager_steps
+        if self.stopping or busy:
             return False
         self.local_running += 1
         self.ran_here += 1
@@ -518,6 +525,7 @@ class StepConsumer(Consumer):
             if not self.stopping:
                 eventlet.sleep(REQUEUE_PAUSE_SECONDS)
             for _, message in group.taken:
+                self.held -= 1
                 self.consumer.requeue_message(message)
         else:
             for (_, message), disposition in zip(group.taken, result, strict=True):
@@ -529,6 +537,7 @@ class StepConsumer(Consumer):
     def handle_message_processed(
         self, message: Any, result: Any = None, exc_info: Any = None
     ) -> None:
+        self.held -= 1
         if exc_info is not None:
             if not self.stopping:
                 eventlet.sleep(REQUEUE_PAUSE_SECONDS)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import amqp
@@ -14,7 +19,7 @@ from sqlalchemy.orm import Session
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.runs import start_job
-from autostep.settings import amqp_params, libpq_dsn
+from autostep.settings import amqp_params, get_settings, libpq_dsn
 from autostep.topology import declare_base
 
 
@@ -120,3 +125,74 @@ class Tap:
 
     def close(self) -> None:
         self.connection.close()
+
+
+@dataclass
+class Chains:
+    """A runner and a relay serving chains of ``t_add`` steps, and what tests look at."""
+
+    #: Starts a run of the chain (``tests.helpers.chain_definition``); its job id.
+    start: Callable[[], uuid.UUID]
+    #: Every step message of ``t_add``, duplicates included.
+    tap: Tap
+    session_factory: Any
+    wait_for_job: Callable[..., dict[str, Any]]
+
+
+#: Steps of the chains ``chain_definition`` makes.
+CHAIN_STEPS = 4
+
+
+def chain_definition(name: str, function: str = "t_add") -> dict[str, Any]:
+    """A workflow of ``CHAIN_STEPS`` steps of ``function`` (``s0``, ``s1``, …) one after another."""
+    steps: list[dict[str, Any]] = [
+        {"name": f"s{i}", "function": function} for i in range(CHAIN_STEPS)
+    ]
+    for step, following in itertools.pairwise(steps):
+        step["next"] = [{"to": following["name"]}]
+    return {"name": name, "steps": steps}
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set these ``AUTOSTEP_`` variables for the block (settings read again), then unset them."""
+    names = {f"AUTOSTEP_{key.upper()}": value for key, value in values.items()}
+    os.environ.update(names)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name in names:
+            del os.environ[name]
+        get_settings.cache_clear()
+
+
+def step_rows(session_factory: Any, job_id: uuid.UUID) -> int:
+    """Step messages of ``job_id`` still in the outbox."""
+    with unit_of_work(session_factory) as session:
+        found = session.execute(
+            text("SELECT count(*) FROM outbox WHERE type = 'step' AND payload ->> 'job_id' = :j"),
+            {"j": str(job_id)},
+        ).scalar()
+        return int(found or 0)
+
+
+def published_steps(tap: Tap, job_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(message id, step) of each step message of ``job_id`` the tap received, in order.
+
+    Other tests' rows may be published meanwhile: only this job's count.
+    """
+    found = []
+    for message in tap.messages():
+        body = json.loads(message.body)
+        if body["job_id"] == str(job_id):
+            found.append((message.properties["message_id"], body["step"]))
+    return found
+
+
+def assert_chain_done_once(chains: Chains, job_id: uuid.UUID) -> None:
+    """The chain's run succeeded, no step row of it is left, and every effect committed once."""
+    assert chains.wait_for_job(job_id)["status"] == "succeeded"
+    assert step_rows(chains.session_factory, job_id) == 0
+    effects = effects_by_step(chains.session_factory, job_id)
+    assert effects == [(f"s{i}", 1) for i in range(CHAIN_STEPS)]

@@ -20,6 +20,8 @@ from autostep.db import unit_of_work
 from autostep.nameko_runtime import nameko_config
 from autostep.relay import Relay
 from autostep.settings import get_settings
+from autostep.topology import STEPS_EXCHANGE
+from tests.helpers import Chains, Tap, chain_definition, publish, start
 
 
 @pytest.fixture
@@ -74,3 +76,24 @@ def delivery_limit(platform_env: dict[str, str]) -> Iterator[int]:
     yield 3
     del os.environ["AUTOSTEP_DELIVERY_LIMIT"]
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def chains(
+    functions: Any,
+    relay: Relay,
+    session_factory: Any,
+    project: str,
+    amqp_uri: str,
+    wait_for_job: Callable[..., dict[str, Any]],
+) -> Iterator[Chains]:
+    name = f"chain-{uuid.uuid4().hex[:6]}"
+    publish(session_factory, project, chain_definition(name))
+    tap = Tap(amqp_uri, [(STEPS_EXCHANGE, "t_add")])
+    yield Chains(
+        lambda: start(session_factory, project, name, {"value": 0}),
+        tap,
+        session_factory,
+        wait_for_job,
+    )
+    tap.close()

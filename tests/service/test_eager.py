@@ -2,8 +2,8 @@
 
 The runner's transaction writes the next step's message into the outbox as
 usual (due only after a grace, 0.3 s here). When that runner serves the
-step's function and the function has no message waiting, it runs the step
-at once, straight from the row: its claim deletes the row in the step's own
+step's function and holds no other message of it, it runs the step at
+once, straight from the row: its claim deletes the row in the step's own
 transaction. These tests check both ways that can go:
 
 - all is well: only the run's first step message (the relay's) passes the
@@ -16,57 +16,27 @@ transaction. These tests check both ways that can go:
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import eventlet
 import pytest
-from sqlalchemy import func, select
 
-from autostep.db import unit_of_work
 from autostep.exceptions import DatabaseUnavailable
 from autostep.functions import service
 from autostep.functions.entrypoint import StepConsumer
-from autostep.models import Outbox
-from autostep.relay import Relay
-from autostep.settings import get_settings
-from autostep.topology import STEPS_EXCHANGE, step_queue_name
-from tests.helpers import Tap, effects_by_step, publish, start
+from autostep.topology import step_queue_name
+from tests.helpers import CHAIN_STEPS, Chains, assert_chain_done_once, environment, published_steps
 
 GRACE = 0.3
-STEPS = 4
 
 
-@pytest.fixture
-def grace(platform_env: dict[str, str]) -> Iterator[float]:
+@pytest.fixture(autouse=True)
+def short_grace(platform_env: dict[str, str]) -> Iterator[None]:
     """Step rows of the runners are the relay's after ``GRACE`` seconds."""
-    os.environ["AUTOSTEP_DISPATCH_GRACE_SECONDS"] = str(GRACE)
-    get_settings.cache_clear()
-    yield GRACE
-    del os.environ["AUTOSTEP_DISPATCH_GRACE_SECONDS"]
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def tap(amqp_uri: str) -> Iterator[Tap]:
-    consumer = Tap(amqp_uri, [(STEPS_EXCHANGE, "t_add")])
-    yield consumer
-    consumer.close()
-
-
-@pytest.fixture
-def chain(session_factory: Any, project: str) -> Callable[[], uuid.UUID]:
-    """Starts a run of ``STEPS`` ``t_add`` steps one after another; its job id."""
-    name = f"eager-{uuid.uuid4().hex[:6]}"
-    steps: list[dict[str, Any]] = [{"name": f"s{i}", "function": "t_add"} for i in range(STEPS)]
-    for step, following in itertools.pairwise(steps):
-        step["next"] = [{"to": following["name"]}]
-    publish(session_factory, project, {"name": name, "steps": steps})
-    return lambda: start(session_factory, project, name, {"value": 0})
+    with environment(dispatch_grace_seconds=str(GRACE)):
+        yield
 
 
 def _consumer(functions: Any) -> StepConsumer:
@@ -79,53 +49,24 @@ def _consumer(functions: Any) -> StepConsumer:
     )
 
 
-def _published(tap: Tap, job_id: uuid.UUID) -> list[str]:
-    """The steps of ``job_id`` whose messages passed the broker (other tests' may too)."""
-    bodies = [json.loads(message.body) for message in tap.messages()]
-    return [body["step"] for body in bodies if body["job_id"] == str(job_id)]
-
-
-def _step_rows(session_factory: Any, job_id: uuid.UUID) -> int:
-    with unit_of_work(session_factory) as session:
-        found = session.scalar(
-            select(func.count()).where(
-                Outbox.type == "step", Outbox.payload["job_id"].astext == str(job_id)
-            )
-        )
-        return int(found or 0)
-
-
 def test_a_chain_runs_its_next_steps_here_without_the_broker_and_leaves_no_row(
-    grace: float,
-    functions: Any,
-    relay: Relay,
-    tap: Tap,
-    chain: Callable[[], uuid.UUID],
-    session_factory: Any,
-    wait_for_job: Callable[..., dict[str, Any]],
+    chains: Chains, functions: Any
 ) -> None:
     consumer = _consumer(functions)
     ran_here = consumer.ran_here
 
-    job_id = chain()
-    assert wait_for_job(job_id)["status"] == "succeeded"
-    eventlet.sleep(3 * grace)  # a row left behind would be the relay's by now
+    job_id = chains.start()
+    assert chains.wait_for_job(job_id)["status"] == "succeeded"
+    eventlet.sleep(3 * GRACE)  # a row left behind would be the relay's by now
 
-    assert _published(tap, job_id) == ["s0"]  # the start's, through the relay
-    assert consumer.ran_here - ran_here >= STEPS - 1
-    assert _step_rows(session_factory, job_id) == 0
-    assert effects_by_step(session_factory, job_id) == [(f"s{i}", 1) for i in range(STEPS)]
+    steps = [step for _, step in published_steps(chains.tap, job_id)]
+    assert steps == ["s0"]  # the start's, through the relay
+    assert consumer.ran_here - ran_here >= CHAIN_STEPS - 1
+    assert_chain_done_once(chains, job_id)
 
 
 def test_a_step_run_here_that_never_commits_goes_out_through_the_relay(
-    grace: float,
-    functions: Any,
-    relay: Relay,
-    tap: Tap,
-    chain: Callable[[], uuid.UUID],
-    session_factory: Any,
-    wait_for_job: Callable[..., dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
+    chains: Chains, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = service.run_step
 
@@ -136,9 +77,8 @@ def test_a_step_run_here_that_never_commits_goes_out_through_the_relay(
 
     monkeypatch.setattr(service, "run_step", lose_the_database)
 
-    job_id = chain()
+    job_id = chains.start()
 
-    assert wait_for_job(job_id)["status"] == "succeeded"
-    assert _published(tap, job_id) == [f"s{i}" for i in range(STEPS)]  # each once, by the relay
-    assert _step_rows(session_factory, job_id) == 0
-    assert effects_by_step(session_factory, job_id) == [(f"s{i}", 1) for i in range(STEPS)]
+    assert_chain_done_once(chains, job_id)
+    steps = [step for _, step in published_steps(chains.tap, job_id)]
+    assert steps == [f"s{i}" for i in range(CHAIN_STEPS)]  # each once, by the relay

@@ -43,7 +43,6 @@ __all__ = [
     "OutboxWriter",
     "dispatch_after_commit",
     "shard_of",
-    "to_dispatch",
     "withdraw_steps",
 ]
 
@@ -73,12 +72,6 @@ def dispatch_after_commit(session: Session) -> list[dict[str, Any]]:
     runner); otherwise they would wait for the relay's grace.
     """
     rows: list[dict[str, Any]] = session.info.setdefault(_DISPATCH, [])
-    return rows
-
-
-def to_dispatch(session: Session) -> list[dict[str, Any]]:
-    """The step rows ``session``'s writers collected for publishing after commit."""
-    rows: list[dict[str, Any]] = session.info.get(_DISPATCH, [])
     return rows
 
 

@@ -48,6 +48,38 @@ def add_transition(page: Page, step: str, index: int, path: str, to: str, when: 
         field(page, f"{path}.next[{index}].when").fill(when)
 
 
+#: Records what a graph does not show: a node drawn hidden, a node React Flow
+#: hides again, or an edge it removes while the graph stays (a new graph, drawn
+#: when the steps or transitions change, replaces the whole figure). React Flow
+#: hides what it has not measured, and the browser measures only when it
+#: renders a frame, which a busy or background tab may not do for seconds.
+WATCH_GRAPH = """() => {
+  if (window.__vanished) return;
+  window.__vanished = [];
+  new MutationObserver((mutations) => {
+    for (const m of mutations) {
+      const node = m.target;
+      if (m.type === "attributes" && node.classList.contains("react-flow__node")
+          && node.style.visibility === "hidden")
+        window.__vanished.push(`node ${node.dataset.id}`);
+      for (const added of m.addedNodes) {
+        if (!(added instanceof Element)) continue;
+        for (const node of added.querySelectorAll(".react-flow__node"))
+          if (node.style.visibility === "hidden")
+            window.__vanished.push(`new node ${node.dataset.id}`);
+      }
+      for (const removed of m.removedNodes) {
+        if (!(removed instanceof Element) || removed.querySelector(".react-flow__node")) continue;
+        for (const edge of removed.querySelectorAll(".react-flow__edge"))
+          window.__vanished.push(`edge ${edge.dataset.id}`);
+      }
+    }
+  }).observe(document.body, {
+    attributes: true, attributeFilter: ["style"], childList: true, subtree: true,
+  });
+}"""
+
+
 def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     project = f"flow_{uuid.uuid4().hex[:8]}"
     page.goto("/ui/")
@@ -75,6 +107,7 @@ def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     add_transition(page, "fan", 0, "steps[1]", "total")
     graph = page.get_by_test_id("graph")
     expect(graph.get_by_text("output.n >", exact=True)).to_be_visible()
+    page.evaluate(WATCH_GRAPH)
 
     # the live check shows the bad condition on its field
     when = "steps[0].next[0].when"
@@ -97,6 +130,7 @@ def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     expect(graph.get_by_text("join: output.n > 3")).to_have_count(0)
     expect(graph.get_by_text("for each prev.items")).to_be_visible()
     expect(graph.get_by_text("join", exact=True)).to_be_visible()
+    assert page.evaluate("window.__vanished") == []  # edits never hid what was drawn
     snapshot(page, "editor")
 
     # the grid, open before the run starts, follows it without a reload
@@ -120,6 +154,7 @@ def test_edit_publish_run_and_watch_live(page: Page, api: httpx.Client) -> None:
     snapshot(grid, "runs")
 
     expect(heading.locator("[data-status=succeeded]")).to_be_visible(timeout=RUN_MS)
+    assert page.evaluate("window.__vanished") == []  # nor did live statuses
     for step in ("seed", "fan", "total"):
         node = page.locator(f".react-flow__node[data-id={step}]")
         expect(node).to_have_class(re.compile("node-succeeded"))

@@ -2,10 +2,29 @@
 // their conditions, laid out top to bottom by dagre. A fan-out step is drawn
 // as a stack with its `for_each`, and its outgoing edges as the join; with
 // `statuses`, each node is coloured by the live status of its step.
+//
+// React Flow hides a node until the browser reports its size, and draws an
+// edge only between measured nodes. The browser reports sizes when it renders
+// a frame, which a busy or background tab may not do for a second or more.
+// So each node states the size it was laid out with, and is drawn at once;
+// and since every edit of the draft and every live status makes new node
+// objects, which carry no measurement, each node's measured size is kept here
+// and handed back with it: neither nodes nor edges flicker or wait on the
+// browser after an update.
 import dagre from "@dagrejs/dagre";
-import { Background, Controls, MarkerType, ReactFlow, type Edge, type Node } from "@xyflow/react";
+import {
+  Background,
+  Controls,
+  MarkerType,
+  ReactFlow,
+  type Edge,
+  type Node,
+  type NodeChange,
+} from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
-import { useMemo } from "react";
+import { useCallback, useMemo, useState } from "react";
+
+type Size = { width: number; height: number };
 
 export type GraphStep = {
   name: string;
@@ -69,6 +88,8 @@ function layout(steps: GraphStep[], statuses: Record<string, string>) {
       draggable: false,
       connectable: false,
       style: { width: WIDTH },
+      initialWidth: WIDTH,
+      initialHeight: HEIGHT,
       ariaLabel: `step ${step.name}${status ? `, ${status}` : ""}`,
     };
   });
@@ -84,7 +105,20 @@ export function WorkflowGraph({
   statuses?: Record<string, string>;
   label: string;
 }) {
-  const { nodes, edges } = useMemo(() => layout(steps, statuses), [steps, statuses]);
+  const laidOut = useMemo(() => layout(steps, statuses), [steps, statuses]);
+  const [sizes, setSizes] = useState<Record<string, Size>>({});
+  const nodes = useMemo(
+    () => laidOut.nodes.map((n) => (sizes[n.id] ? { ...n, measured: sizes[n.id] } : n)),
+    [laidOut, sizes],
+  );
+  const { edges } = laidOut;
+  const keepSizes = useCallback((changes: NodeChange[]) => {
+    const measured: Record<string, Size> = {};
+    for (const change of changes) {
+      if (change.type === "dimensions" && change.dimensions) measured[change.id] = change.dimensions;
+    }
+    if (Object.keys(measured).length > 0) setSizes((known) => ({ ...known, ...measured }));
+  }, []);
   // a new shape is drawn afresh, so that it is fitted into view again
   const shape = `${nodes.map((n) => n.id).join(",")}|${edges.map((e) => e.id).join(",")}`;
   return (
@@ -93,6 +127,7 @@ export function WorkflowGraph({
         key={shape}
         nodes={nodes}
         edges={edges}
+        onNodesChange={keepSizes}
         fitView
         nodesDraggable={false}
         nodesConnectable={false}

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ __all__ = [
     "latest_version",
     "load_version",
     "lock_active_workflow",
+    "lock_start_version",
     "publish_version",
     "publish_workflow",
     "update_project",
@@ -168,6 +170,69 @@ def lock_active_workflow(session: Session, workflow_id: uuid.UUID) -> Workflow:
     if workflow.archived_at is not None:
         raise ConflictError(f"workflow {workflow.name!r} is archived: it starts no new runs")
     return workflow
+
+
+#: The workflow a run starts on, share-locked (as :func:`lock_active_workflow`
+#: locks it), and its version: the newest, or number ``%(number)s``.
+_START_VERSION = """
+SELECT w.id, w.name, w.archived_at, v.id
+FROM workflow AS w
+JOIN project AS p ON p.id = w.project_id
+LEFT JOIN LATERAL (
+    SELECT id FROM workflow_version
+    WHERE workflow_id = w.id AND (%(number)s::int IS NULL OR number = %(number)s::int)
+    ORDER BY number DESC LIMIT 1) AS v ON true
+WHERE (p.id = %(project_id)s::uuid OR p.name = %(project_name)s::text)
+  AND (w.id = %(workflow_id)s::uuid OR w.name = %(workflow_name)s::text)
+FOR SHARE OF w
+"""
+
+
+def lock_start_version(
+    session: Session, project: str | uuid.UUID, workflow: str, number: int | None = None
+) -> CompiledVersion:
+    """The version a new run of ``workflow`` starts on: its newest, or ``number``.
+
+    One statement finds the workflow in ``project`` (each by name or id) and
+    share-locks it, as :func:`lock_active_workflow` does, so that archiving
+    waits for the run; the version comes from the process cache.
+    :class:`NotFoundError` for an unknown project, workflow or version,
+    :class:`ConflictError` for an archived workflow.
+    """
+    if number is not None and not 0 < number < 2**31:
+        raise NotFoundError(f"workflow {workflow!r} has no version {number}")  # not an int4
+    project_id, project_name = _id_or_name(project)
+    workflow_id, workflow_name = _id_or_name(workflow)
+    params = {
+        "project_id": project_id,
+        "project_name": project_name,
+        "workflow_id": workflow_id,
+        "workflow_name": workflow_name,
+        "number": number,
+    }
+    driver = session.connection().connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    with driver.cursor() as cursor:
+        cursor.execute(_START_VERSION, params, prepare=True)
+        found = cursor.fetchone()
+    if found is None:
+        raise NotFoundError(f"no workflow {workflow!r} in project {str(project)!r}")
+    _, name, archived_at, version_id = found
+    if archived_at is not None:
+        raise ConflictError(f"workflow {name!r} is archived: it starts no new runs")
+    if version_id is None:
+        if number is not None:
+            raise NotFoundError(f"workflow {workflow!r} has no version {number}")
+        raise NotFoundError(f"workflow {workflow!r} has no version")
+    return load_version(session, version_id)
+
+
+def _id_or_name(key: str | uuid.UUID) -> tuple[uuid.UUID | None, str | None]:
+    """A reference as (id, None) when it reads as an id, else (None, name)."""
+    try:
+        return uuid.UUID(str(key)), None
+    except ValueError:
+        return None, str(key)
 
 
 def archive_workflow(session: Session, workflow_id: uuid.UUID | str) -> Workflow:

@@ -1,23 +1,27 @@
-"""The function runner's hot path: a step's completion in two statements.
+"""The function runner's hot path: completions in two statements, however many.
 
-:func:`autostep.runs.complete_process` hands every completion here first.
-On the session's own psycopg connection, inside the step's transaction:
+:func:`autostep.runs.complete_processes` hands every completion here first,
+one step's or a whole group's (:mod:`autostep.functions.group`). On the
+session's own psycopg connection, inside the caller's transaction:
 
-1. one statement locks the job, then the process (the engine's lock order),
-   and reads both;
-2. Python decides what comes next, as :mod:`autostep.runs` would: the next
-   step's process and message, the end of the job, or its failure;
-3. one statement writes it all: the process succeeded, its fan-out parent's
-   ``pending`` counted down, the job's step count or end, the new process,
-   and the outbox rows (events and the step message, in ``seq`` order).
+1. one statement locks the jobs, then the processes, each in id order (the
+   engine's lock order, taken the same way by every group), and reads them;
+2. Python decides what comes next for each, as :mod:`autostep.runs` would:
+   the next step's process and message, the end of the job, or its failure;
+3. one statement writes it all: the processes succeeded, their fan-out
+   parents' ``pending`` counted down, the jobs' step counts or ends, the new
+   processes, and the outbox rows (each job's events and step messages, in
+   ``seq`` order).
 
-Both statements are prepared on the server and have a fixed shape. No ORM
-object is built, so a step costs two round trips and little CPU besides its
-commit. Everything else stays with :mod:`autostep.runs`: what this module
-does not cover (entering a fan-out, the last child of a fan-out, a job
-already finished) it leaves, untouched or half-done in the same transaction,
-to the ORM path, which locks again (it holds the locks already) and carries
-on where this left off.
+Both statements are prepared on the server and have a fixed shape whatever
+the number of completions (their rows travel as JSON arrays). No ORM object
+is built, so a group of steps costs two round trips and little CPU besides
+its commit. Everything else stays with :mod:`autostep.runs`: what this
+module does not cover (entering a fan-out, the last child of a fan-out, a
+job already finished, a job with a second completion in the batch that is
+not a fan-out sibling) it leaves, untouched or half-done in the same
+transaction, to the ORM path, which locks again (it holds the locks
+already) and carries on where this left off.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "INSERT_BORN",
     "INSERT_SENT",
     "Completed",
+    "Completion",
     "check_budget",
     "compact_json",
     "complete",
@@ -74,37 +79,58 @@ INSERT_SENT = """sent AS (
     FROM jsonb_array_elements(%(outbox)s) WITH ORDINALITY AS e(value, n),
          LATERAL jsonb_populate_record(NULL::outbox, e.value) AS r
     ORDER BY e.n)"""
-#: Lock the job, then the process; the job's row is locked before the
-#: process's is read for update, whatever plan PostgreSQL picks.
+#: Lock the jobs of the processes ``%(ids)s``, then the processes, each in id
+#: order: rows are locked as the sorted rows come out, and every job's row
+#: before any process's (the outer sort reads the whole materialized CTE).
 _LOCK = """
 WITH j AS MATERIALIZED (
     SELECT id, workflow_id, version_id, status, trigger, rerun_of, steps, output, error,
            version, finished_at, input, created_at
-    FROM job WHERE id = (SELECT job_id FROM process WHERE id = %(id)s)
+    FROM job WHERE id IN (SELECT job_id FROM process WHERE id = ANY(%(ids)s))
+    ORDER BY id
     FOR UPDATE)
 SELECT j.*, p.id, p.job_id, p.parent_id, p.kind, p.step, p.function, p.item_index,
        p.status, p.attempt, p.error, p.output, p.reused_from, p.version, p.started_at,
        p.finished_at
-FROM j JOIN process AS p ON p.job_id = j.id AND p.id = %(id)s
+FROM j JOIN process AS p ON p.job_id = j.id AND p.id = ANY(%(ids)s)
+ORDER BY p.job_id, p.id
 FOR UPDATE OF p
 """
 _WRITE = f"""
 WITH done AS (
-    UPDATE process SET status = %(status)s, output = %(output)s, error = NULL,
-                       started_at = %(started_at)s, finished_at = %(finished_at)s,
-                       version = %(version)s
-    WHERE id = %(id)s),
+    UPDATE process AS p
+    SET status = r.status, output = r.output, error = NULL, started_at = r.started_at,
+        finished_at = r.finished_at, version = r.version
+    FROM jsonb_to_recordset(%(done)s) AS r(
+        id uuid, status text, output jsonb, started_at timestamptz, finished_at timestamptz,
+        version int)
+    WHERE p.id = r.id),
 parent AS (
-    UPDATE process SET pending = pending - 1 WHERE id = %(parent_id)s RETURNING pending),
+    UPDATE process AS p SET pending = p.pending - r.n
+    FROM jsonb_to_recordset(%(parents)s) AS r(id uuid, n int)
+    WHERE p.id = r.id
+    RETURNING p.id, p.pending),
 job_changed AS (
-    UPDATE job SET steps = %(steps)s, status = %(job_status)s, output = %(job_output)s,
-                   error = %(job_error)s, finished_at = %(job_finished_at)s,
-                   version = %(job_version)s
-    WHERE id = %(job_id)s AND %(job_changed)s),
+    UPDATE job AS j
+    SET steps = r.steps, status = r.status, output = r.output, error = r.error,
+        finished_at = r.finished_at, version = r.version
+    FROM jsonb_to_recordset(%(jobs)s) AS r(
+        id uuid, steps int, status text, output jsonb, error text, finished_at timestamptz,
+        version int)
+    WHERE j.id = r.id),
 {INSERT_BORN},
 {INSERT_SENT}
-SELECT (SELECT pending FROM parent)
+SELECT id, pending FROM parent
 """
+
+
+class Completion(NamedTuple):
+    """``attempt`` of a process succeeded with ``output``; its function began at ``started_at``."""
+
+    process_id: uuid.UUID
+    attempt: int
+    output: dict[str, Any]
+    started_at: datetime | None = None
 
 
 class Completed(enum.Enum):
@@ -130,53 +156,136 @@ class _Next(NamedTuple):
 
 def complete(
     session: Session,
-    process_id: uuid.UUID,
-    attempt: int,
-    output: dict[str, Any],
-    started_at: datetime | None,
-) -> tuple[Completed, ProcessFields]:
-    """Complete ``attempt`` of a process with ``output`` in two statements, if it can.
+    completions: list[Completion],
+    *,
+    also_lock: list[uuid.UUID] | None = None,
+) -> list[tuple[Completed, ProcessFields]]:
+    """Complete each of ``completions`` in two statements, where it can.
 
-    Returns what it did and the process as it was locked. Raises
-    :class:`StaleAttempt` when the attempt was overtaken, :class:`NotFoundError`
-    for a process the database never had.
+    Returns, for each in order, what it did and the process as it was
+    locked. ``also_lock`` names more processes whose jobs and rows are
+    locked in the same statement, in the same order (a group's failures,
+    recorded afterwards). Raises :class:`StaleAttempt` when an attempt was
+    overtaken, :class:`NotFoundError` for a process the database never had;
+    the caller rolls back.
     """
     connection = _driver(session)
+    ids = [c.process_id for c in completions] + list(also_lock or ())
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK, {"id": process_id}, prepare=True)
-        found = cursor.fetchone()
-    if found is None:
-        raise NotFoundError(f"no process {process_id}")
-    job, process = JobFields(*found[:13]), ProcessFields(*found[13:])
-    if process.attempt != attempt or ProcessStatus(process.status).finished:
-        raise StaleAttempt(f"attempt {attempt} of process {process.id} is stale")
-    if JobStatus(job.status).finished:
-        return Completed.NOT_HERE, process
-    version = load_version(session, job.version_id)
-    following = None
-    if process.parent_id is None:
-        following = _next(session, job, version, process.step, output)
-        if following is None:
-            return Completed.NOT_HERE, process
-    now = datetime.now(UTC)
-    done = process._replace(
-        status=ProcessStatus.SUCCEEDED,
-        output=output,
-        error=None,
-        started_at=process.started_at or started_at or now,
-        finished_at=now,
-        version=process.version + 1,
-    )
-    out = OutboxWriter(session, job.id)
-    out.event("process.updated", done.id, process_event(done))
-    born: list[dict[str, Any]] = []
-    changed = job
-    if following is not None:
-        changed, born = _follow(session, out, job, version, following, output, now)
-    pending = _write(connection, done, job, changed, born, out)
-    if process.parent_id is not None and pending == 0:
-        return Completed.JOIN_PARENT, process
-    return Completed.DONE, process
+        cursor.execute(_LOCK, {"ids": ids}, prepare=True)
+        found = cursor.fetchall()
+    locked = {row[13]: (JobFields(*row[:13]), ProcessFields(*row[13:])) for row in found}
+    batch = _Batch(session)
+    done: list[tuple[Completed, ProcessFields]] = []
+    for item in completions:
+        if item.process_id not in locked:
+            raise NotFoundError(f"no process {item.process_id}")
+        job, process = locked[item.process_id]
+        if process.attempt != item.attempt or ProcessStatus(process.status).finished:
+            raise StaleAttempt(f"attempt {item.attempt} of process {process.id} is stale")
+        done.append((batch.add(job, process, item), process))
+    emptied = batch.write(connection)
+    for index, (what, process) in enumerate(done):
+        last = what is Completed.DONE and batch.last_child.get(process.parent_id) == index
+        if last and process.parent_id in emptied:
+            done[index] = (Completed.JOIN_PARENT, process)
+    return done
+
+
+class _Batch:
+    """The rows that one write statement changes and inserts, as completions add them."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.now = datetime.now(UTC)
+        self.done: list[dict[str, Any]] = []
+        self.parents: dict[uuid.UUID, int] = {}
+        #: The index of the last completion that counts each parent down.
+        self.last_child: dict[uuid.UUID | None, int] = {}
+        self.jobs: dict[uuid.UUID, JobFields] = {}
+        self.advanced: set[uuid.UUID] = set()
+        self.born: list[dict[str, Any]] = []
+        self.writers: dict[uuid.UUID, OutboxWriter] = {}
+        self.added = 0
+
+    def add(self, job: JobFields, process: ProcessFields, item: Completion) -> Completed:
+        """Add the writes of one completion; NOT_HERE leaves it all to the ORM path."""
+        index, self.added = self.added, self.added + 1
+        if JobStatus(job.status).finished or job.id in self.advanced:
+            return Completed.NOT_HERE
+        version = load_version(self.session, job.version_id)
+        following = None
+        if process.parent_id is None:
+            if job.id in self.jobs:
+                return Completed.NOT_HERE  # a job's second completion here: one at a time
+            following = _next(self.session, job, version, process.step, item.output)
+            if following is None:
+                return Completed.NOT_HERE
+        finished = process._replace(
+            status=ProcessStatus.SUCCEEDED,
+            output=item.output,
+            error=None,
+            started_at=process.started_at or item.started_at or self.now,
+            finished_at=self.now,
+            version=process.version + 1,
+        )
+        out = self.writers.setdefault(job.id, OutboxWriter(self.session, job.id))
+        out.event("process.updated", finished.id, process_event(finished))
+        self.done.append(_done_row(finished))
+        self.jobs.setdefault(job.id, job)
+        if process.parent_id is not None:
+            self.parents[process.parent_id] = self.parents.get(process.parent_id, 0) + 1
+            self.last_child[process.parent_id] = index
+        if following is not None:
+            self.advanced.add(job.id)
+            changed, born = _follow(
+                self.session, out, job, version, following, item.output, self.now
+            )
+            self.jobs[job.id] = changed
+            self.born += born
+        return Completed.DONE
+
+    def write(self, connection: psycopg.Connection[Any]) -> set[uuid.UUID]:
+        """Run the write statement; the parents whose ``pending`` came down to 0."""
+        if not self.done:
+            return set()
+        rows = [row for out in self.writers.values() for row in out.take()]
+        jobs = [_job_row(job) for job in self.jobs.values() if job.id in self.advanced]
+        params = {
+            "done": Jsonb(self.done, dumps=compact_json),
+            "parents": Jsonb(
+                [{"id": str(p), "n": n} for p, n in self.parents.items()], dumps=compact_json
+            ),
+            "jobs": Jsonb(jobs, dumps=compact_json),
+            "born": Jsonb(self.born, dumps=compact_json),
+            "outbox": Jsonb(rows, dumps=compact_json),
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(_WRITE, params, prepare=True)
+            return {parent for parent, pending in cursor.fetchall() if pending == 0}
+
+
+def _done_row(process: ProcessFields) -> dict[str, Any]:
+    return {
+        "id": str(process.id),
+        "status": str(process.status),
+        "output": process.output,
+        "started_at": process.started_at,
+        "finished_at": process.finished_at,
+        "version": process.version,
+    }
+
+
+def _job_row(job: JobFields) -> dict[str, Any]:
+    return {
+        "id": str(job.id),
+        "steps": job.steps,
+        "status": str(job.status),
+        "output": job.output,
+        "error": job.error,
+        "finished_at": job.finished_at,
+        "version": job.version,
+    }
 
 
 def next_step(
@@ -250,41 +359,6 @@ def _follow(
     out.step(step_message(process, data, step.policy()))
     row = task_row(process, data)
     return job._replace(steps=job.steps + 1), [row]
-
-
-def _write(
-    connection: psycopg.Connection[Any],
-    done: ProcessFields,
-    job: JobFields,
-    changed: JobFields,
-    born: list[dict[str, Any]],
-    out: OutboxWriter,
-) -> int | None:
-    """The one statement that writes a completion; the parent's pending count, if any."""
-    rows = out.take()
-    params = {
-        "id": done.id,
-        "status": str(done.status),
-        "output": Jsonb(done.output),
-        "started_at": done.started_at,
-        "finished_at": done.finished_at,
-        "version": done.version,
-        "parent_id": done.parent_id,
-        "job_id": job.id,
-        "job_changed": changed != job,
-        "steps": changed.steps,
-        "job_status": str(changed.status),
-        "job_output": Jsonb(changed.output) if changed.output is not None else None,
-        "job_error": changed.error,
-        "job_finished_at": changed.finished_at,
-        "job_version": changed.version,
-        "born": Jsonb(born, dumps=compact_json),
-        "outbox": Jsonb(rows, dumps=compact_json),
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_WRITE, params, prepare=True)
-        found = cursor.fetchone()
-    return None if found is None or found[0] is None else int(found[0])
 
 
 def step_input(

@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from autostep import idempotency, runs
 from autostep.catalog import lock_active_workflow
 from autostep.conditions import evaluate
+from autostep.events import JobFields
 from autostep.exceptions import (
     ConflictError,
     InvalidInput,
@@ -129,7 +130,7 @@ class TickResult:
 class Started(NamedTuple):
     """The job a trigger started, or the one its ``Idempotency-Key`` started before."""
 
-    job: Job
+    job: Job | JobFields
     #: The key was seen before: this is its earlier job, and none was started now.
     replayed: bool
 
@@ -255,7 +256,7 @@ def start_from_trigger(
     *,
     idempotency_key: str | None = None,
     scheduled_at: datetime | None = None,
-) -> Job:
+) -> Job | JobFields:
     """Start a run of the trigger's workflow: :func:`start_run`'s job."""
     del scheduled_at  # the tick row, written by fire_tick, records it
     return start_run(session, trigger_id, variables, idempotency_key=idempotency_key).job
@@ -293,10 +294,10 @@ def start_run(
         request = idempotency.fingerprint({"trigger": str(trigger.id), "variables": compared})
         earlier = idempotency.claim(session, trigger.workflow_id, idempotency_key, request)
         if earlier is not None:
-            job = session.get(Job, earlier)
-            if job is None:
+            replayed = session.get(Job, earlier)
+            if replayed is None:
                 raise NotFoundError(f"no job {earlier}")
-            return Started(job, replayed=True)
+            return Started(replayed, replayed=True)
     job = runs.start_job(
         session,
         trigger.project_id,

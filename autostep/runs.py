@@ -46,19 +46,19 @@ from sqlalchemy.orm import Session
 from autostep import completion, inbox, registry
 from autostep.catalog import (
     CompiledVersion,
-    get_workflow,
-    latest_version,
     load_version,
     lock_active_workflow,
+    lock_start_version,
 )
-from autostep.completion import Completed, check_budget, next_step, step_input
+from autostep.completion import Completed, Completion, check_budget, next_step, step_input
 from autostep.conditions import evaluate
 from autostep.definitions import StepDefinition
-from autostep.events import job_event, process_event
+from autostep.events import JobFields, job_event, process_event
 from autostep.exceptions import ConflictError, NotFoundError, PermanentError
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter, withdraw_steps
+from autostep.starts import NewRuns, fans_out
 from autostep.validation import JobInput, check
 
 __all__ = [
@@ -66,10 +66,12 @@ __all__ = [
     "claim_step",
     "claim_steps",
     "complete_process",
+    "complete_processes",
     "fail_attempt",
     "mark_running",
     "rerun_job",
     "start_job",
+    "start_with_orm",
 ]
 
 
@@ -82,28 +84,47 @@ def start_job(
     trigger: str = "api",
     version: int | None = None,
     trigger_id: uuid.UUID | None = None,
-) -> Job:
-    """Start a run of ``workflow`` (its latest version unless ``version``).
+) -> JobFields:
+    """Start a run of ``workflow`` (its latest version unless ``version``); the job as started.
 
     ``trigger`` says what started it (``api``, ``cli``, ``cron``, ...);
     ``trigger_id`` names the trigger row when one did (:mod:`autostep.firing`).
 
     :class:`ConflictError` for an archived workflow; the workflow row is
     share-locked until commit, so archiving waits and then sees this run.
+    Two statements (:mod:`autostep.starts`), unless the start step fans out.
     """
     input = check(JobInput, input, field="input")
-    wf = lock_active_workflow(session, get_workflow(session, project, workflow).id)
-    row = latest_version(session, wf.id)
-    if version is not None and version != row.number:
-        match = [v for v in wf.versions if v.number == version]
-        if not match:
-            raise NotFoundError(f"workflow {workflow!r} has no version {version}")
-        row = match[0]
-    compiled = load_version(session, row.id)
-    job, out = _new_job(session, wf.id, compiled.id, trigger, input, trigger_id=trigger_id)
-    _enter_step(session, out, job, compiled, compiled.step(compiled.start_step), prev=None)
-    out.flush()
+    compiled = lock_start_version(session, project, workflow, version)
+    if fans_out(compiled):
+        return start_with_orm(session, compiled, trigger, input, trigger_id=trigger_id)
+    new = NewRuns(session)
+    job = new.add(compiled, trigger, input, trigger_id=trigger_id)
+    new.write()
     return job
+
+
+def start_with_orm(
+    session: Session,
+    version: CompiledVersion,
+    trigger: str,
+    input: dict[str, Any],
+    *,
+    trigger_id: uuid.UUID | None = None,
+) -> JobFields:
+    """Start a run of ``version`` through the ORM, whatever its start step.
+
+    :func:`start_job`'s path for a start step that fans out; the two-statement
+    path starts every other run with the same rows and messages. The
+    workflow must be share-locked and ``input`` checked already.
+    """
+    job, out = _new_job(
+        session, version.workflow_id, version.id, trigger, input, trigger_id=trigger_id
+    )
+    _enter_step(session, out, job, version, version.step(version.start_step), prev=None)
+    out.flush()
+    session.flush()
+    return _fields(job)
 
 
 def cancel_job(session: Session, job_id: uuid.UUID | str) -> Job:
@@ -275,42 +296,59 @@ def complete_process(
     """``attempt`` of a process succeeded with ``output``.
 
     Locks the job, then the process, then takes the next step or ends the
-    job. The common cases (a step followed by a plain step or the job's end,
-    a fan-out child that is not the last) take :mod:`autostep.completion`'s
-    two statements; the rest goes through the ORM below. Raises
-    :class:`StaleAttempt` when the attempt was overtaken meanwhile (a retry,
-    or the job was cancelled or failed): the caller rolls back, the
-    function's own writes included. When a transition or the next
-    step's input cannot be evaluated, the process keeps its output (its
-    function succeeded) and the job fails with that transition's error.
+    job. Raises :class:`StaleAttempt` when the attempt was overtaken
+    meanwhile (a retry, or the job was cancelled or failed): the caller
+    rolls back, the function's own writes included. When a transition or
+    the next step's input cannot be evaluated, the process keeps its output
+    (its function succeeded) and the job fails with that transition's error.
     """
-    done, locked = completion.complete(session, process_id, attempt, output, started_at)
-    if done is Completed.DONE:
-        return
-    if done is Completed.JOIN_PARENT:
-        # this process is written and its parent's count is down to 0: join it
-        assert locked.parent_id is not None
-        job = _lock_job(session, locked.job_id)
+    complete_processes(session, [Completion(process_id, attempt, output, started_at)])
+
+
+def complete_processes(
+    session: Session,
+    completions: list[Completion],
+    *,
+    also_lock: list[uuid.UUID] | None = None,
+) -> None:
+    """:func:`complete_process` for each of ``completions``, in one go.
+
+    Their jobs, then their processes, are locked in one statement, each in
+    id order, with the jobs and rows of the processes ``also_lock`` names (a
+    group's failures, which :func:`fail_attempt` records afterwards). The
+    common cases (a step followed by a plain step or the job's end, a
+    fan-out child that is not the last) take :mod:`autostep.completion`'s
+    two statements, for all of them together; the rest goes through the ORM
+    below. Raises :class:`StaleAttempt` when any attempt was overtaken.
+    """
+    done = completion.complete(session, completions, also_lock=also_lock)
+    for item, (what, locked) in zip(completions, done, strict=True):
+        if what is Completed.DONE:
+            continue
+        if what is Completed.JOIN_PARENT:
+            # this process is written and its parent's count is down to 0: join it
+            assert locked.parent_id is not None
+            job = _lock_job(session, locked.job_id)
+            out = OutboxWriter(session, job.id)
+            version = load_version(session, job.version_id)
+            _join_finished(session, out, job, version, _lock_process(session, locked.parent_id))
+            out.flush()
+            continue
+        job, process = _lock_job_and_process(session, item.process_id)
         out = OutboxWriter(session, job.id)
-        version = load_version(session, job.version_id)
-        _join_finished(session, out, job, version, _lock_process(session, locked.parent_id))
+        process.output = item.output
+        process.error = None
+        if process.started_at is None:
+            process.started_at = item.started_at or _now()
+        process.finished_at = _now()
+        _set_process(out, process, ProcessStatus.SUCCEEDED)
+        if not JobStatus(job.status).finished:
+            version = load_version(session, job.version_id)
+            if process.parent_id is None:
+                _advance(session, out, job, version, process.step, item.output)
+            else:
+                _join_child(session, out, job, version, process.parent_id)
         out.flush()
-        return
-    job, process = _lock_job_and_process(session, process_id)
-    out = OutboxWriter(session, job.id)
-    process.output = output
-    process.error = None
-    if process.started_at is None:
-        process.started_at = started_at or _now()
-    process.finished_at = _now()
-    _set_process(out, process, ProcessStatus.SUCCEEDED)
-    if not JobStatus(job.status).finished:
-        version = load_version(session, job.version_id)
-        if process.parent_id is None:
-            _advance(session, out, job, version, process.step, output)
-        else:
-            _join_child(session, out, job, version, process.parent_id)
-    out.flush()
 
 
 def fail_attempt(
@@ -649,6 +687,11 @@ def _lock_process(session: Session, process_id: uuid.UUID) -> Process:
     if process is None:
         raise NotFoundError(f"no process {process_id}")
     return process
+
+
+def _fields(job: Job) -> JobFields:
+    """A job's columns, as the statements of the hot paths read them."""
+    return JobFields(*(getattr(job, name) for name in JobFields._fields))
 
 
 def _job_key(job_id: uuid.UUID | str) -> uuid.UUID:

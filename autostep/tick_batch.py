@@ -12,9 +12,9 @@ reasons, inside the caller's transaction:
 3. a tick later than its starting deadline is skipped; the workflows of
    the others are share-locked, in id order (an archived one starts
    nothing); one query finds which ``forbid`` triggers have a run running;
-4. Python builds each run: the input from the trigger's template, the job,
-   its first process, the step message and the events, with the builders
-   :mod:`autostep.completion` and :mod:`autostep.outbox` use for every run;
+4. Python builds each run from the trigger's template, as every run is
+   built (:class:`autostep.starts.NewRuns`): the job, its first process,
+   the step message and the events;
 5. one statement writes the jobs, processes and outbox rows and records
    each tick's outcome and job.
 
@@ -39,21 +39,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from autostep import registry
 from autostep.catalog import CompiledVersion, latest_version, load_version, lock_active_workflow
-from autostep.completion import (
-    INSERT_BORN,
-    INSERT_SENT,
-    check_budget,
-    compact_json,
-    new_job,
-    new_task,
-    step_input,
-    step_message,
-    task_row,
-)
-from autostep.definitions import StepDefinition
-from autostep.events import job_event, process_event
+from autostep.completion import INSERT_BORN, INSERT_SENT, compact_json
 from autostep.exceptions import ConflictError, InvalidInput, NotFoundError, PermanentError
 from autostep.firing import (
     STILL_RUNNING,
@@ -65,7 +52,7 @@ from autostep.firing import (
     tick_input,
 )
 from autostep.models import Job, JobStatus, TickOutcome, Trigger, TriggerTick
-from autostep.outbox import OutboxWriter
+from autostep.starts import INSERT_JOBS, NewRuns, fans_out
 from autostep.trigger_kinds import CronConfig
 from autostep.validation import JobInput, check
 
@@ -73,14 +60,7 @@ __all__ = ["fire_ticks"]
 
 #: The jobs, their first processes, their outbox rows (in ``seq`` order) and the ticks' outcomes.
 _WRITE = f"""
-WITH jobs AS (
-    INSERT INTO job (id, workflow_id, version_id, status, trigger, trigger_id, input, steps,
-                     version)
-    SELECT r.id, r.workflow_id, r.version_id, r.status, r.trigger, r.trigger_id, r.input,
-           r.steps, r.version
-    FROM jsonb_to_recordset(%(jobs)s) AS r(
-        id uuid, workflow_id uuid, version_id uuid, status text, trigger text,
-        trigger_id uuid, input jsonb, steps int, version int)),
+WITH {INSERT_JOBS},
 {INSERT_BORN},
 {INSERT_SENT},
 recorded AS (
@@ -94,14 +74,10 @@ SELECT 1
 
 @dataclass
 class _Batch:
-    """What the batch writes, collected tick by tick."""
+    """What the batch writes, collected tick by tick: the runs, and each tick's outcome."""
 
-    jobs: list[dict[str, Any]]
-    born: list[dict[str, Any]]
-    outbox: list[dict[str, Any]]
-    ticks: list[dict[str, Any]]
-    #: Why a queued step of each function waits (None: a live runner serves it), read once.
-    waiting: dict[str, str | None] = field(default_factory=dict)
+    runs: NewRuns
+    ticks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fire_ticks(
@@ -129,7 +105,7 @@ def fire_ticks(
         else:
             fast.append((n, trigger, cron_config(trigger), at))
     claimed = _claim(session, [(trigger.id, at) for _, trigger, _, at in fast])
-    batch = _Batch([], [], [], [])
+    batch = _Batch(NewRuns(session))
     on_time = []
     for n, trigger, config, at in fast:
         if (trigger.id, at) not in claimed:
@@ -190,7 +166,7 @@ def _needs_one_by_one(trigger: Trigger, version: CompiledVersion | None) -> bool
         return True
     if trigger.config.get("concurrency") == "replace":
         return True
-    return version.step(version.start_step).for_each is not None
+    return fans_out(version)
 
 
 def _claim(
@@ -240,38 +216,7 @@ def _start(
 ) -> uuid.UUID:
     """Build a run of the tick (job, first process, step message, events); nothing is written."""
     job_input = check(JobInput, tick_input(trigger, at), field="input")
-    check_budget(0, version)
-    step = version.step(version.start_step)
-    data = step_input(step, version.field(step.name), job_input, None)
-    job = new_job(trigger.workflow_id, version.id, trigger.kind, job_input)
-    task = new_task(job.id, step, data)
-    out = OutboxWriter(session, job.id)
-    out.event("job.updated", job.id, job_event(job))
-    out.event("process.updated", task.id, process_event(task, _waiting(session, batch, step)))
-    out.step(step_message(task, data, step.policy()))
-    batch.jobs.append(
-        {
-            "id": str(job.id),
-            "workflow_id": str(job.workflow_id),
-            "version_id": str(job.version_id),
-            "status": str(job.status),
-            "trigger": job.trigger,
-            "trigger_id": str(trigger.id),
-            "input": job.input,
-            "steps": job.steps + 1,  # the start step entered
-            "version": job.version,
-        }
-    )
-    batch.born.append(task_row(task, data))
-    batch.outbox += out.take()
-    return job.id
-
-
-def _waiting(session: Session, batch: _Batch, step: StepDefinition) -> str | None:
-    """Why the step's first process waits; read once per function and batch."""
-    if step.function not in batch.waiting:
-        batch.waiting[step.function] = registry.waiting_reason(session, step.function)
-    return batch.waiting[step.function]
+    return batch.runs.add(version, trigger.kind, job_input, trigger_id=trigger.id).id
 
 
 def _record(
@@ -296,12 +241,7 @@ def _write(session: Session, batch: _Batch) -> None:
     """The one statement that writes the batch's runs and the ticks' outcomes."""
     if not batch.ticks:
         return
-    params = {
-        "jobs": Jsonb(batch.jobs, dumps=compact_json),
-        "born": Jsonb(batch.born, dumps=compact_json),
-        "outbox": Jsonb(batch.outbox, dumps=compact_json),
-        "ticks": Jsonb(batch.ticks, dumps=compact_json),
-    }
+    params = {**batch.runs.params(), "ticks": Jsonb(batch.ticks, dumps=compact_json)}
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     with driver.cursor() as cursor:

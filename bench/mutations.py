@@ -74,6 +74,7 @@ HTTP_TRIGGERS = "tests/e2e/test_http_triggers.py"
 SCHEDULER = "tests/service/test_scheduler_local.py"
 SCHEDULER_CRASH = "tests/e2e/test_scheduler_crash.py"
 TICK_BATCH = "tests/service/test_tick_batch.py"
+STARTS = "tests/service/test_starts.py"
 WEB_UI = "tests/e2e/test_webui.py"
 OPENAPI_COMMITTED = "tests/unit/test_openapi_committed.py"
 BROWSER_RUNS = "tests/browser/test_runs.py"
@@ -193,9 +194,31 @@ MUTATIONS = (
     Mutation(
         "group-locks-in-arrival-order",
         "group commit: groups lock jobs in one order and cannot deadlock each other",
-        "autostep/functions/group.py",
-        "            called.sort(key=lambda item: (item[1].message.job_id,",
-        "            called.sort(key=lambda item: (0,) or (item[1].message.job_id,",
+        "autostep/completion.py",
+        "    FROM job WHERE id IN (SELECT job_id FROM process WHERE id = ANY(%(ids)s))\n"
+        "    ORDER BY id\n",
+        "    FROM job WHERE id IN (SELECT job_id FROM process WHERE id = ANY(%(ids)s))\n"
+        "    ORDER BY array_position(%(ids)s::uuid[],\n"
+        "        (SELECT min(p.id::text)::uuid FROM process AS p\n"
+        "         WHERE p.job_id = job.id AND p.id = ANY(%(ids)s)))\n",
+        (GROUP,),
+    ),
+    Mutation(
+        "batch-counts-one-child-per-parent",
+        "group commit: fan-out children completed together each count their parent down",
+        "autostep/completion.py",
+        "            self.parents[process.parent_id] = self.parents.get(process.parent_id, 0)"
+        " + 1\n",
+        "            self.parents[process.parent_id] = 1\n",
+        (GROUP,),
+    ),
+    Mutation(
+        "batch-joins-for-each-child",
+        "group commit: a fan-out whose children complete together is joined once",
+        "autostep/completion.py",
+        "        last = what is Completed.DONE and batch.last_child.get(process.parent_id)"
+        " == index\n",
+        "        last = what is Completed.DONE and process.parent_id is not None\n",
         (GROUP,),
     ),
     Mutation(
@@ -251,18 +274,18 @@ MUTATIONS = (
         "completion-without-row-lock",
         "per-job order: a job's transactions commit one after another",
         "autostep/completion.py",
-        "    FROM job WHERE id = (SELECT job_id FROM process WHERE id = %(id)s)\n    FOR UPDATE)",
-        "    FROM job WHERE id = (SELECT job_id FROM process WHERE id = %(id)s))",
+        "    ORDER BY id\n    FOR UPDATE)",
+        "    ORDER BY id)",
         (ORDERING,),
     ),
     Mutation(
         "process-locked-before-its-job",
         "one lock order (the job, then its processes): no deadlock",
         "autostep/completion.py",
-        "        cursor.execute(_LOCK, {\"id\": process_id}, prepare=True)\n",
-        "        cursor.execute(\"SELECT 1 FROM process WHERE id = %s FOR UPDATE\",\n"
-        "                       (process_id,))\n"
-        "        cursor.execute(_LOCK, {\"id\": process_id}, prepare=True)\n",
+        "        cursor.execute(_LOCK, {\"ids\": ids}, prepare=True)\n",
+        "        cursor.execute(\"SELECT 1 FROM process WHERE id = ANY(%s) FOR UPDATE\",\n"
+        "                       (ids,))\n"
+        "        cursor.execute(_LOCK, {\"ids\": ids}, prepare=True)\n",
         (JOB_CONTROL,),
     ),
     Mutation(
@@ -896,12 +919,20 @@ MUTATIONS = (
         (TICK_BATCH,),
     ),
     Mutation(
-        "batch-event-differs",
-        "a run started in a batch is announced as start_job announces it",
-        "autostep/tick_batch.py",
-        '            "steps": job.steps + 1,  # the start step entered\n',
-        '            "steps": job.steps,  # the start step entered\n',
-        (TICK_BATCH,),
+        "lean-start-differs",
+        "a run started in two statements is stored as the ORM path stores it",
+        "autostep/starts.py",
+        '                "steps": started.steps,\n',
+        '                "steps": job.steps,\n',
+        (STARTS,),
+    ),
+    Mutation(
+        "start-without-share-lock",
+        "archiving waits for a run being started, then sees it in flight",
+        "autostep/catalog.py",
+        "FOR SHARE OF w\n",
+        "\n",
+        (STARTS,),
     ),
     Mutation(
         "scheduler-catch-up-forgets-downtime",

@@ -38,12 +38,14 @@ a lone message is a group of one.
 
 **Lock order.** The messages are claimed and their functions called in the
 order they came, locking nothing of the engine's (a claim inserts an inbox
-row and reads its process); then the steps are completed, or their failures
-recorded, in the order of their job and process ids. Each completion locks
-its job, then its process, as every transaction of the engine does, and the
-locks are held until the group's commit: so groups take job locks in one
-order and cannot deadlock each other. A deadlock PostgreSQL detects anyway
-(with a function's own rows) breaks the group, and its steps run one by one.
+row and reads its process); then one statement locks the jobs of all the
+group's steps, then their processes, each in id order, and holds them until
+the group's commit: every transaction of the engine takes a job's lock
+before its processes', and groups take job locks in one order, so they
+cannot deadlock each other. The steps that succeeded are then completed
+together, in two statements whatever their number; each failure is
+recorded after them. A deadlock PostgreSQL detects anyway (with a
+function's own rows) breaks the group, and its steps run one by one.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import runs
+from autostep.completion import Completion
 from autostep.db import DATABASE_OUTAGES, unit_of_work
 from autostep.dispatch import StepDispatcher
 from autostep.exceptions import PoisonMessage, RetryableError, StaleAttempt
@@ -152,9 +155,8 @@ def run_group(
                         outcomes.append(StepOutcome.SUCCEEDED)  # settled below
                     else:
                         outcomes.append(result)
-            called.sort(key=lambda item: (item[1].message.job_id, item[1].message.process_id))
-            for index, step in called:
-                outcomes[index] = _finish(session, step)
+            for index, outcome in _finish(session, called):
+                outcomes[index] = outcome
         if dispatcher is not None:
             hand_over(committed_steps, dispatcher)
     except GroupBroken:
@@ -243,23 +245,39 @@ def _call(
     return called
 
 
-def _finish(session: Session, step: _Called) -> StepOutcome:
-    """Complete the step, or record its failure (the claim's inbox row records either)."""
-    message = step.message
-    if step.error is not None:
-        retrying = runs.fail_attempt(
-            session, message.process_id, message.attempt, step.error, step.retry_in
+def _finish(session: Session, called: list[tuple[int, _Called]]) -> list[tuple[int, StepOutcome]]:
+    """Complete the steps and record the failures; what became of each, by its index.
+
+    One statement locks the jobs, then the processes, of every step, each
+    in id order; the steps that succeeded are then written together
+    (:func:`autostep.runs.complete_processes`), and each failure recorded
+    (the claim's inbox row records either).
+    """
+    succeeded = [(index, step) for index, step in called if step.error is None]
+    failed = [(index, step) for index, step in called if step.error is not None]
+    completions = []
+    for _, step in succeeded:
+        assert step.output is not None
+        message = step.message
+        completions.append(
+            Completion(message.process_id, message.attempt, step.output, step.started_at)
         )
-        return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
-    assert step.output is not None
     try:
-        runs.complete_process(
-            session, message.process_id, message.attempt, step.output, started_at=step.started_at
+        runs.complete_processes(
+            session, completions, also_lock=[step.message.process_id for _, step in failed]
         )
     except StaleAttempt as exc:  # its function's writes would stay: run the group one by one
         raise GroupBroken(exc) from exc
+    outcomes = [(index, StepOutcome.SUCCEEDED) for index, _ in succeeded]
+    for index, step in failed:
+        message = step.message
+        assert step.error is not None
+        retrying = runs.fail_attempt(
+            session, message.process_id, message.attempt, step.error, step.retry_in
+        )
+        outcomes.append((index, StepOutcome.RETRYING if retrying else StepOutcome.FAILED))
     session.flush()
-    return StepOutcome.SUCCEEDED
+    return outcomes
 
 
 def _driver(connection: Connection) -> Any:

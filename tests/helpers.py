@@ -55,6 +55,27 @@ def outbox_events(
     return list(rows.scalars())
 
 
+#: The keys of the ids a payload carries: they differ from run to run.
+PAYLOAD_IDS = {"id", "job_id", "process_id", "workflow_id", "version_id", "parent_id"}
+
+
+def without_ids_and_times(payload: Any) -> Any:
+    """A payload (a step message, events, an output) to compare between runs.
+
+    Ids are left out, and a timestamp (a key ending in ``_at``) becomes
+    whether it is set.
+    """
+    if isinstance(payload, list):
+        return [without_ids_and_times(item) for item in payload]
+    if isinstance(payload, dict):
+        return {
+            k: (v is not None) if k.endswith("_at") else without_ids_and_times(v)
+            for k, v in payload.items()
+            if k not in PAYLOAD_IDS
+        }
+    return payload
+
+
 def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Wait (cooperatively) until ``condition()`` holds; AssertionError after ``timeout`` s."""
     import eventlet

@@ -244,7 +244,9 @@ def test_manual_and_webhook_starts_share_idempotency_keys(
         ).trigger.id
         hook = triggers.create_trigger(session, project, "w", "hook", "webhook").trigger.id
     with unit_of_work(session_factory) as session:
-        job = firing.start_from_trigger(session, manual, {"input": {"b": 3}})
+        started = firing.start_from_trigger(session, manual, {"input": {"b": 3}})
+        job = session.get(Job, started.id)
+        assert job is not None
         assert (job.input, job.trigger, job.trigger_id) == ({"a": 1, "b": 3}, "manual", manual)
         first = firing.start_from_trigger(session, hook, {"body": {"x": 1}}, idempotency_key="k")
         same = firing.start_from_trigger(session, hook, {"body": {"x": 1}}, idempotency_key="k")

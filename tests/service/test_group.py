@@ -16,23 +16,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import eventlet
+import psycopg
 import pytest
 from eventlet.event import Event
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, text
 
-from autostep import StepContext, function, runs
+from autostep import StepContext, function
 from autostep.catalog import publish_workflow
 from autostep.db import unit_of_work
 from autostep.functions.entrypoint import StepConsumer
 from autostep.functions.group import GroupBroken, StepGroup, run_group
 from autostep.functions.runner import StepOutcome
-from autostep.models import Outbox, Process
+from autostep.models import Job, Outbox, Process
 from autostep.runs import start_job
 from autostep.sdk import REGISTRY
-from autostep.settings import get_settings
+from autostep.settings import get_settings, libpq_dsn
 from autostep.topology import step_queue_name
-from tests.helpers import until, waiting_on_a_lock
+from tests.helpers import until, waiting_on_a_lock, without_ids_and_times
 from tests.service.test_exactly_once import called, gates
 
 GROUP = 5
@@ -76,7 +77,12 @@ def _messages(session_factory: Any, project: str) -> list[tuple[Any, str, uuid.U
 
 
 def _group(messages: list[tuple[Any, str, uuid.UUID]]) -> StepGroup:
-    pending = [(body, message_id) for body, message_id, _ in messages]
+    return _group_of([(body, message_id) for body, message_id, _ in messages])
+
+
+def _group_of(messages: list[tuple[Any, str]]) -> StepGroup:
+    """A group of ``messages`` (body, message id), all ready at once."""
+    pending = list(messages)
     return StepGroup(lambda: pending.pop(0) if pending else None, size=100, seconds=60)
 
 
@@ -220,64 +226,155 @@ def test_a_burst_of_quick_steps_shares_transactions_and_each_effect_commits_once
     assert _effects(session_factory, processes) == [1] * len(jobs)
 
 
-def _fan_out_messages(session_factory: Any, project: str) -> list[list[tuple[Any, str]]]:
-    """Two runs, each fanning out over two items; the step messages of each run's children."""
-    name = f"fan-{uuid.uuid4().hex[:6]}"
-    definition = {
-        "name": name,
-        "steps": [{"name": "each", "function": "t_grouped", "for_each": "input.items"}],
-    }
-    runs_messages = []
+def _run_in_groups(session_factory: Any, project: str, *, one_by_one: bool) -> dict[str, Any]:
+    """Three runs of a two-step chain and a fan-out over three items, then one more step.
+
+    Every step message ready is run, in rounds, until none is: all of a
+    round's in one group, or each alone. What the database then holds, ids
+    and times left out.
+    """
+    chain, fan = f"chain-{uuid.uuid4().hex[:6]}", f"fan-{uuid.uuid4().hex[:6]}"
     with unit_of_work(session_factory) as session:
-        publish_workflow(session, project, definition)
-        for _ in range(2):
-            job_id = start_job(session, project, name, {"items": [{}, {}]}).id
-            children = session.scalars(
-                select(Process.id).where(Process.job_id == job_id, Process.parent_id.isnot(None))
-            ).all()
-            rows = session.scalars(
-                select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id.in_(children))
-            ).all()
-            assert len(rows) == 2
-            runs_messages.append([(row.payload, str(row.id)) for row in rows])
-    return runs_messages
+        publish_workflow(
+            session,
+            project,
+            {
+                "name": chain,
+                "steps": [
+                    {"name": "a", "function": "t_grouped", "next": [{"to": "b"}]},
+                    {"name": "b", "function": "t_grouped"},
+                ],
+            },
+        )
+        publish_workflow(
+            session,
+            project,
+            {
+                "name": fan,
+                "steps": [
+                    {
+                        "name": "each",
+                        "function": "t_grouped",
+                        "for_each": "input.items",
+                        "next": [{"to": "after"}],
+                    },
+                    {"name": "after", "function": "t_grouped"},
+                ],
+            },
+        )
+        jobs = [start_job(session, project, chain, {"n": n}).id for n in range(3)]
+        jobs.append(start_job(session, project, fan, {"items": [{"k": 1}, {"k": 2}, {"k": 3}]}).id)
+    while ready := _ready(session_factory, jobs):
+        ready.reverse()  # not in the order they were written
+        for messages in [[m] for m in ready] if one_by_one else [ready]:
+            group = _group_of(messages)
+            outcomes = run_group(session_factory, REGISTRY["t_grouped"], group, consumer="fn")
+            assert outcomes == [StepOutcome.SUCCEEDED] * len(messages)
+    with unit_of_work(session_factory) as session:
+        processes = session.scalars(select(Process).where(Process.job_id.in_(jobs))).all()
+        return {
+            "jobs": [
+                (job.status, job.steps, job.version, job.output)
+                for job in (session.get(Job, job_id) for job_id in jobs)
+                if job is not None
+            ],
+            "processes": sorted(
+                [
+                    (
+                        jobs.index(p.job_id),
+                        p.step,
+                        -1 if p.item_index is None else p.item_index,
+                        p.status,
+                        p.attempt,
+                        p.output,
+                        p.version,
+                        p.pending,
+                    )
+                    for p in processes
+                ],
+                key=lambda row: row[:3],
+            ),
+            # each job's events, in the order the relay publishes them
+            "events": [
+                without_ids_and_times(
+                    session.execute(
+                        text(
+                            "SELECT e.value FROM outbox AS o,"
+                            " jsonb_array_elements(o.payload) WITH ORDINALITY AS e(value, n)"
+                            " WHERE o.type = 'events' AND o.aggregate_id = :job"
+                            " ORDER BY o.seq, e.n"
+                        ),
+                        {"job": job_id},
+                    )
+                    .scalars()
+                    .all()
+                )
+                for job_id in jobs
+            ],
+            "effects": _effects(session_factory, [p.id for p in processes if p.kind == "task"]),
+        }
 
 
-def test_groups_lock_jobs_in_one_order_and_never_deadlock_each_other(
-    session_factory: Any, project: str, effect_table: None, monkeypatch: pytest.MonkeyPatch
+def _ready(session_factory: Any, jobs: list[uuid.UUID]) -> list[tuple[Any, str]]:
+    """The step messages of the jobs' processes that are queued, in the order written."""
+    with unit_of_work(session_factory) as session:
+        queued = select(Process.id).where(Process.job_id.in_(jobs), Process.status == "queued")
+        rows = session.scalars(
+            select(Outbox)
+            .where(Outbox.type == "step", Outbox.aggregate_id.in_(queued))
+            .order_by(Outbox.seq)
+        ).all()
+        return [(row.payload, str(row.id)) for row in rows]
+
+
+def test_a_group_completes_its_steps_together_as_each_alone_would(
+    session_factory: Any, project: str, effect_table: None
 ) -> None:
-    (j1, j2), (k1, k2) = _fan_out_messages(session_factory, project)
-    # Each group completes its first step, then waits (2 s at most) for the other to
-    # complete its own first step too: a group that locked its jobs in the order its
-    # messages came would hold one run's job while the other held the other's.
-    original = runs.complete_process
-    arrived: list[Any] = []
-    both = Event()
+    # the chains' first steps and the fan-out's children in one transaction: one statement
+    # locks, one writes; the last child of the three joins the fan-out
+    together = _run_in_groups(session_factory, project, one_by_one=False)
+    alone = _run_in_groups(session_factory, project, one_by_one=True)
 
-    def complete_then_meet(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
-        me = eventlet.getcurrent()
-        if me not in arrived:
-            arrived.append(me)
-            if len(arrived) == 2:
-                both.send()
-            with eventlet.Timeout(2, False):
-                both.wait()
+    assert together == alone
+    assert [status for status, *_ in together["jobs"]] == ["succeeded"] * 4
+    assert together["effects"] == [1] * 10  # 3 chains of 2 steps, 3 children, 1 step after
 
-    monkeypatch.setattr(runs, "complete_process", complete_then_meet)
 
-    def run(messages: list[tuple[Any, str]]) -> Any:
-        pending = list(messages)
-        group = StepGroup(lambda: pending.pop(0) if pending else None, size=100, seconds=60)
-        try:
-            return run_group(session_factory, REGISTRY["t_grouped"], group, consumer="fn")
-        except GroupBroken as exc:
-            return exc
+def test_a_group_locks_its_jobs_in_id_order_whatever_order_its_messages_came_in(
+    session_factory: Any, project: str, database_url: str, effect_table: None
+) -> None:
+    # Groups cannot deadlock each other when each locks its jobs in one order. Here the
+    # messages come higher job first, and the higher job is held from outside: the group
+    # must hold the lower job's lock while it waits for the higher one's.
+    name = f"order-{uuid.uuid4().hex[:6]}"
+    found: dict[uuid.UUID, tuple[Any, str]] = {}
+    with unit_of_work(session_factory) as session:
+        publish_workflow(
+            session, project, {"name": name, "steps": [{"name": "one", "function": "t_grouped"}]}
+        )
+        for _ in range(2):
+            job_id = start_job(session, project, name, {}).id
+            process_id = session.scalar(select(Process.id).where(Process.job_id == job_id))
+            row = session.scalar(
+                select(Outbox).where(Outbox.type == "step", Outbox.aggregate_id == process_id)
+            )
+            assert row is not None
+            found[job_id] = (row.payload, str(row.id))
+    lower, higher = sorted(found)
+    dsn = libpq_dsn(database_url)
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT 1 FROM job WHERE id = %s FOR UPDATE", (higher,))
+        pending = [found[higher], found[lower]]
+        group = StepGroup(lambda: pending.pop(0) if pending else None, size=10, seconds=60)
+        running = eventlet.spawn(
+            run_group, session_factory, REGISTRY["t_grouped"], group, consumer="fn"
+        )
+        until(lambda: waiting_on_a_lock(database_url) == 1)  # the group waits for `higher`
+        with psycopg.connect(dsn) as probe, pytest.raises(psycopg.errors.LockNotAvailable):
+            probe.execute("SELECT 1 FROM job WHERE id = %s FOR UPDATE NOWAIT", (lower,))
+        holder.rollback()
 
-    first, second = eventlet.spawn(run, [j1, k1]), eventlet.spawn(run, [k2, j2])
-    outcomes = [first.wait(), second.wait()]
-
-    assert outcomes == [[StepOutcome.SUCCEEDED] * 2] * 2  # neither group broke
+    assert running.wait() == [StepOutcome.SUCCEEDED] * 2
 
 
 def test_two_groups_holding_one_message_at_once_call_its_function_once(

@@ -23,12 +23,11 @@ from autostep.db import unit_of_work
 from autostep.models import Job, Outbox, Process, TriggerTick
 from autostep.outbox import shard_of
 from autostep.tick_batch import fire_ticks
-from tests.helpers import publish
+from tests.helpers import publish, without_ids_and_times
 
 TICK = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 LATER = TICK + timedelta(minutes=10)
 TEMPLATE = '{"at": scheduled_time, "by": trigger.name}'
-_IDS = {"id", "job_id", "process_id", "workflow_id", "version_id", "parent_id"}
 
 
 def _setup(
@@ -116,24 +115,11 @@ def _outcome(
                     row.routing_key,
                     row.mandatory,
                     row.shard == shard_of(owner[row.aggregate_id]),
-                    _comparable(row.payload),
+                    without_ids_and_times(row.payload),
                 )
                 for row in outbox
             ],
         }
-
-
-def _comparable(payload: Any) -> Any:
-    """An outbox payload (a step message, or a list of events) without ids and times."""
-    if isinstance(payload, list):
-        return [_comparable(item) for item in payload]
-    if isinstance(payload, dict):
-        return {
-            k: (v is not None) if k.endswith("_at") else _comparable(v)
-            for k, v in payload.items()
-            if k not in _IDS
-        }
-    return payload
 
 
 CASES = [

@@ -375,10 +375,11 @@ MUTATIONS = (
         "killed-worker-goes-on",
         "a worker killed while it waits for its running mark records no failure",
         "autostep/functions/runner.py",
-        "        if marker:  # started and not finished: let it finish\n",
+        "        for marker in marking:  # started: let it finish\n",
         "        with __import__('contextlib').suppress(\n"
         "            __import__('greenlet').GreenletExit\n"
-        "        ):\n",
+        "        ):\n"
+        "          for marker in marking:\n",
         (RUNNER_FAULTS,),
     ),
     Mutation(

@@ -49,6 +49,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import eventlet
+import eventlet.hubs
+from eventlet.greenthread import GreenThread
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from autostep import inbox, runs
@@ -255,11 +258,12 @@ def call_function(
         session=session,
         extra={"message_id": message_id},
     )
-    marker = eventlet.spawn_after(
+    # a hub timer, not a green thread per step: most steps end long before it is due
+    engine = session.get_bind().engine
+    marking: list[GreenThread] = []
+    timer = eventlet.hubs.get_hub().schedule_call_global(
         get_settings().running_mark_seconds,
-        _mark_running,
-        side_session_factory(session.get_bind().engine),
-        message,
+        lambda: marking.append(eventlet.spawn(_mark_running, engine, message)),
     )
     timeout = RetryableError(f"timed out after {policy.timeout}s")
     started = time.monotonic()
@@ -275,8 +279,8 @@ def call_function(
         took = time.monotonic() - started
         typical = _TYPICAL_SECONDS.get(spec.name, took)
         _TYPICAL_SECONDS[spec.name] = typical + DURATION_WEIGHT * (took - typical)
-        marker.cancel()  # not started yet: it never runs
-        if marker:  # started and not finished: let it finish
+        timer.cancel()  # not due yet: it never runs
+        for marker in marking:  # started: let it finish
             # (a kill of this worker while it waits goes on up)
             marker.wait()
 
@@ -300,13 +304,13 @@ def record_failure(
     return StepOutcome.RETRYING if retrying else StepOutcome.FAILED
 
 
-def _mark_running(factory: sessionmaker[Session], message: StepMessage) -> None:
+def _mark_running(engine: Engine, message: StepMessage) -> None:
     """Show a step that is taking a while as running (its own transaction).
 
-    ``factory`` draws from the side pool (:func:`side_session_factory`).
+    The transaction draws from ``engine``'s side pool (:func:`side_session_factory`).
     """
     try:
-        with unit_of_work(factory) as session:
+        with unit_of_work(side_session_factory(engine)) as session:
             runs.mark_running(session, message.job_id, message.process_id, message.attempt)
     except Exception as exc:  # only a display state: the step goes on regardless
         log.warning(

@@ -169,8 +169,10 @@ def complete(
     overtaken, :class:`NotFoundError` for a process the database never had;
     the caller rolls back.
     """
-    connection = _driver(session)
     ids = [c.process_id for c in completions] + list(also_lock or ())
+    if not ids:
+        return []
+    connection = _driver(session)
     with connection.cursor() as cursor:
         cursor.execute(_LOCK, {"ids": ids}, prepare=True)
         found = cursor.fetchall()

@@ -96,6 +96,9 @@ FROM j JOIN process AS p ON p.job_id = j.id AND p.id = ANY(%(ids)s)
 ORDER BY p.job_id, p.id
 FOR UPDATE OF p
 """
+#: The rows to update come as JSON arrays, whose size PostgreSQL cannot know
+#: (it assumes 100 rows): each update also names its rows' ids as an array, so
+#: that it reads them through the primary key, never by a scan of the table.
 _WRITE = f"""
 WITH done AS (
     UPDATE process AS p
@@ -104,11 +107,11 @@ WITH done AS (
     FROM jsonb_to_recordset(%(done)s) AS r(
         id uuid, status text, output jsonb, started_at timestamptz, finished_at timestamptz,
         version int)
-    WHERE p.id = r.id),
+    WHERE p.id = r.id AND p.id = ANY(%(done_ids)s::uuid[])),
 parent AS (
     UPDATE process AS p SET pending = p.pending - r.n
     FROM jsonb_to_recordset(%(parents)s) AS r(id uuid, n int)
-    WHERE p.id = r.id
+    WHERE p.id = r.id AND p.id = ANY(%(parent_ids)s::uuid[])
     RETURNING p.id, p.pending),
 job_changed AS (
     UPDATE job AS j
@@ -117,7 +120,7 @@ job_changed AS (
     FROM jsonb_to_recordset(%(jobs)s) AS r(
         id uuid, steps int, status text, output jsonb, error text, finished_at timestamptz,
         version int)
-    WHERE j.id = r.id),
+    WHERE j.id = r.id AND j.id = ANY(%(job_ids)s::uuid[])),
 {INSERT_BORN},
 {INSERT_SENT}
 SELECT id, pending FROM parent
@@ -254,6 +257,9 @@ class _Batch:
         rows = [row for out in self.writers.values() for row in out.take()]
         jobs = [_job_row(job) for job in self.jobs.values() if job.id in self.advanced]
         params = {
+            "done_ids": [row["id"] for row in self.done],
+            "parent_ids": list(self.parents),
+            "job_ids": [row["id"] for row in jobs],
             "done": Jsonb(self.done, dumps=compact_json),
             "parents": Jsonb(
                 [{"id": str(p), "n": n} for p, n in self.parents.items()], dumps=compact_json

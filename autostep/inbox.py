@@ -48,7 +48,8 @@ _CLAIM_MANY = """
         SELECT %(consumer)s, message_id FROM wanted ORDER BY message_id
         ON CONFLICT DO NOTHING RETURNING message_id)
     SELECT w.message_id IN (SELECT message_id FROM seen) AS fresh, p.status, p.attempt
-    FROM wanted AS w LEFT JOIN process AS p ON p.id = w.process_id
+    FROM wanted AS w
+    LEFT JOIN process AS p ON p.id = w.process_id AND p.id = ANY(%(process_ids)s::uuid[])
     ORDER BY w.n
 """
 _RECORD = text(
@@ -106,7 +107,13 @@ def claim_many(
         for n, (message_id, process_id) in enumerate(messages)
     ]
     with driver.cursor() as cursor:
-        cursor.execute(_CLAIM_MANY, {"consumer": consumer, "rows": Jsonb(rows)}, prepare=True)
+        params = {
+            "consumer": consumer,
+            "rows": Jsonb(rows),
+            # PostgreSQL takes a JSON array for 100 rows: the ids keep it on the primary key
+            "process_ids": [process_id for _, process_id in messages],
+        }
+        cursor.execute(_CLAIM_MANY, params, prepare=True)
         found = cursor.fetchall()
     return [Claim(bool(fresh), status, attempt) for fresh, status, attempt in found]
 

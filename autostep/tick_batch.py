@@ -67,7 +67,8 @@ recorded AS (
     UPDATE trigger_tick AS t SET outcome = r.outcome, reason = r.reason, job_id = r.job_id
     FROM jsonb_to_recordset(%(ticks)s) AS r(
         trigger_id uuid, scheduled_at timestamptz, outcome text, reason text, job_id uuid)
-    WHERE t.trigger_id = r.trigger_id AND t.scheduled_at = r.scheduled_at)
+    WHERE t.trigger_id = r.trigger_id AND t.scheduled_at = r.scheduled_at
+      AND t.trigger_id = ANY(%(tick_triggers)s::uuid[]))
 SELECT 1
 """
 
@@ -241,7 +242,12 @@ def _write(session: Session, batch: _Batch) -> None:
     """The one statement that writes the batch's runs and the ticks' outcomes."""
     if not batch.ticks:
         return
-    params = {**batch.runs.params(), "ticks": Jsonb(batch.ticks, dumps=compact_json)}
+    params = {
+        **batch.runs.params(),
+        "ticks": Jsonb(batch.ticks, dumps=compact_json),
+        # PostgreSQL takes a JSON array for 100 rows: the ids keep it on the primary key
+        "tick_triggers": [tick["trigger_id"] for tick in batch.ticks],
+    }
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     with driver.cursor() as cursor:

@@ -111,7 +111,13 @@ def _header(plat: Platform) -> dict[str, Any]:
     with psycopg.connect(libpq(plat.database_url), autocommit=True) as db:
         pg = {
             key: str(db.execute(f"SHOW {key}").fetchone()[0])  # type: ignore[index]
-            for key in ("server_version", "synchronous_commit", "fsync", "wal_sync_method")
+            for key in (
+                "server_version",
+                "synchronous_commit",
+                "fsync",
+                "wal_sync_method",
+                "autovacuum",
+            )
         }
     rabbit = rabbitmqctl("version", check=False).strip()
     queue_type = step_queue_arguments()["x-queue-type"]
@@ -124,6 +130,13 @@ def _header(plat: Platform) -> dict[str, Any]:
         pg["synchronous_commit"],
         f"fsync={pg['fsync']}, wal_sync_method={pg['wal_sync_method']}",
     )
+    row("  autovacuum", pg["autovacuum"], "the default is on; see below when off")
+    if pg["autovacuum"] != "on":
+        say(
+            "  WARNING: autovacuum is off: the tables are never analyzed, so statements\n"
+            "  prepared while they were empty keep scanning them, and the outbox's dead\n"
+            "  rows pile up: long runs (--rss-steps) slow down as the database grows."
+        )
     row("RabbitMQ", rabbit)
     row("  step queues", f"durable {queue_type}", "x-queue-type from autostep.topology")
     row("  step messages", "persistent", "delivery_mode=2, mandatory, publisher confirms")

@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from autostep.db import driver
 from autostep.definitions import (
     DEFAULT_MAX_STEPS,
     StepDefinition,
@@ -210,9 +210,7 @@ def lock_start_version(
         "workflow_name": workflow_name,
         "number": number,
     }
-    driver = session.connection().connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    with driver.cursor() as cursor:
+    with driver(session).cursor() as cursor:
         cursor.execute(_START_VERSION, params, prepare=True)
         found = cursor.fetchone()
     if found is None:
@@ -388,7 +386,5 @@ def load_version(session: Session, version_id: uuid.UUID) -> CompiledVersion:
 
 
 def _by_name_or_id(model: type[Project] | type[Workflow], key: str | uuid.UUID) -> Any:
-    try:
-        return model.id == uuid.UUID(str(key))
-    except ValueError:
-        return model.name == str(key)
+    key_id, name = _id_or_name(key)
+    return model.id == key_id if key_id is not None else model.name == name

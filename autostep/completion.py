@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from autostep import registry
 from autostep.catalog import CompiledVersion, load_version
 from autostep.conditions import evaluate, evaluate_condition
+from autostep.db import driver
 from autostep.definitions import StepDefinition
 from autostep.events import JobFields, ProcessFields, job_event, process_event
 from autostep.exceptions import NotFoundError, PermanentError, StaleAttempt
@@ -175,7 +176,7 @@ def complete(
     ids = [c.process_id for c in completions] + list(also_lock or ())
     if not ids:
         return []
-    connection = _driver(session)
+    connection = driver(session)
     with connection.cursor() as cursor:
         cursor.execute(_LOCK, {"ids": ids}, prepare=True)
         found = cursor.fetchall()
@@ -494,13 +495,6 @@ def check_budget(steps: int, version: CompiledVersion) -> None:
             f"step budget spent: {steps} steps entered, the workflow's max_steps; "
             f"does a loop never end?"
         )
-
-
-def _driver(session: Session) -> psycopg.Connection[Any]:
-    """The psycopg connection under ``session``, in its transaction."""
-    driver = session.connection().connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    return driver
 
 
 def compact_json(value: Any) -> str:

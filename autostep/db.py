@@ -33,6 +33,7 @@ __all__ = [
     "database_outages",
     "discard_connection",
     "dispose_engines",
+    "driver",
     "error_summary",
     "make_engine",
     "make_session_factory",
@@ -114,6 +115,17 @@ def side_session_factory(engine: Engine) -> sessionmaker[Session]:
         )
         _SIDE_FACTORIES[key] = make_session_factory(side)
     return _SIDE_FACTORIES[key]
+
+
+def driver(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``session``, in its transaction.
+
+    For the statements of the hot paths, prepared on the server and run
+    without SQLAlchemy in between.
+    """
+    connection = session.connection().connection.driver_connection
+    assert isinstance(connection, psycopg.Connection)
+    return connection
 
 
 @contextmanager

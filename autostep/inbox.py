@@ -19,6 +19,8 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from autostep.db import driver
+
 __all__ = ["Claim", "claim", "claim_many", "prune", "record"]
 
 
@@ -75,15 +77,13 @@ def claim(
     transaction. With ``consumed``, the same statement deletes that outbox
     row: a step run straight from its row, without the broker.
     """
-    driver = session.connection().connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
     params = {
         "consumer": consumer,
         "message_id": message_id,
         "process_id": process_id,
         "consumed": consumed,
     }
-    with driver.cursor() as cursor:
+    with driver(session).cursor() as cursor:
         cursor.execute(_CLAIM, params, prepare=True)
         row = cursor.fetchone()
     assert row is not None
@@ -100,13 +100,11 @@ def claim_many(
     their ids, so that two transactions claiming the same messages wait for
     each other in one order.
     """
-    driver = session.connection().connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
     rows = [
         {"n": n, "message_id": str(message_id), "process_id": str(process_id)}
         for n, (message_id, process_id) in enumerate(messages)
     ]
-    with driver.cursor() as cursor:
+    with driver(session).cursor() as cursor:
         params = {
             "consumer": consumer,
             "rows": Jsonb(rows),

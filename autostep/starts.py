@@ -24,7 +24,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
@@ -41,6 +40,7 @@ from autostep.completion import (
     step_message,
     task_row,
 )
+from autostep.db import driver
 from autostep.events import JobFields, job_event, process_event
 from autostep.outbox import OutboxWriter
 
@@ -136,7 +136,5 @@ class NewRuns:
         """Insert what was built, in one statement."""
         if not self.jobs:
             return
-        driver = self.session.connection().connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        with driver.cursor() as cursor:
+        with driver(self.session).cursor() as cursor:
             cursor.execute(_WRITE, self.params(), prepare=True)

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -41,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from autostep.catalog import CompiledVersion, latest_version, load_version, lock_active_workflow
 from autostep.completion import INSERT_BORN, INSERT_SENT, compact_json
+from autostep.db import driver
 from autostep.exceptions import ConflictError, InvalidInput, NotFoundError, PermanentError
 from autostep.firing import (
     STILL_RUNNING,
@@ -248,7 +248,5 @@ def _write(session: Session, batch: _Batch) -> None:
         # PostgreSQL takes a JSON array for 100 rows: the ids keep it on the primary key
         "tick_triggers": [tick["trigger_id"] for tick in batch.ticks],
     }
-    driver = session.connection().connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    with driver.cursor() as cursor:
+    with driver(session).cursor() as cursor:
         cursor.execute(_WRITE, params, prepare=True)

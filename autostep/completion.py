@@ -235,7 +235,9 @@ class _Batch:
             finished_at=self.now,
             version=process.version + 1,
         )
-        out = self.writers.setdefault(job.id, OutboxWriter(self.session, job.id))
+        out = self.writers.get(job.id)
+        if out is None:
+            out = self.writers[job.id] = OutboxWriter(self.session, job.id)
         out.event("process.updated", finished.id, process_event(finished))
         self.done.append(_done_row(finished))
         self.jobs.setdefault(job.id, job)

@@ -12,6 +12,10 @@ row one; the message's ``message_id`` is what consumers record in their inbox.
 One connection and two channels: the publishes' channel is in confirm mode,
 and step queues are declared on a channel of their own (a refused
 declaration closes its channel, and must not take the confirms with it).
+
+A batch's messages leave in one socket write
+(:func:`autostep.socket_writes.corked`); then the publisher waits for
+their confirms.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import amqp
 
 from autostep.exceptions import BrokerUnavailable
 from autostep.settings import amqp_params
+from autostep.socket_writes import corked
 from autostep.topology import declare_base, declare_step_queue
 
 __all__ = ["CONFIRM_TIMEOUT_SECONDS", "ConfirmedPublisher", "Publication"]
@@ -112,10 +117,25 @@ class ConfirmedPublisher:
         if channel is None or conn is None:
             raise BrokerUnavailable("not connected to the broker")
         self.batch = batch = Publication()
-        for row in messages:
+        for row in messages:  # before the cork: a declaration waits for its answer
             if row["mandatory"] and row["routing_key"] not in self._declared:
                 self._declaring = declare_step_queue(self._declaring, row["routing_key"])
                 self._declared.add(row["routing_key"])
+        with corked(conn.transport):
+            self._publish_all(channel, messages)
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
+        while batch.outstanding:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable("publisher confirms timed out")
+            with contextlib.suppress(TimeoutError):  # no frame within the tick
+                conn.drain_events(timeout=min(remaining, TICK_SECONDS))
+            conn.heartbeat_tick()
+        return batch
+
+    def _publish_all(self, channel: Any, messages: list[dict[str, Any]]) -> None:
+        batch = self.batch
+        for row in messages:
             headers = {"x-autostep-seq": row["seq"]} if row.get("seq") is not None else {}
             message = amqp.Message(
                 row["body"],
@@ -136,15 +156,6 @@ class ConfirmedPublisher:
             batch.unconfirmed[row["id"]] = batch.unconfirmed.get(row["id"], 0) + 1
             batch.outstanding.add(self._next_tag)
             self._next_tag += 1
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while batch.outstanding:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerUnavailable("publisher confirms timed out")
-            with contextlib.suppress(TimeoutError):  # no frame within the tick
-                conn.drain_events(timeout=min(remaining, TICK_SECONDS))
-            conn.heartbeat_tick()
-        return batch
 
     def tend(self) -> None:
         """Read what the broker sent meanwhile, and send a heartbeat if one is due.

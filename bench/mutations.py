@@ -372,6 +372,22 @@ MUTATIONS = (
         (FAILURES,),
     ),
     Mutation(
+        "publication-written-per-message",
+        "a publication's messages leave in one socket write, in order",
+        "autostep/confirmed.py",
+        "        with corked(conn.transport):\n",
+        "        with contextlib.nullcontext():\n",
+        (RELAY,),
+    ),
+    Mutation(
+        "group-acks-written-per-message",
+        "a group's acks leave in one socket write",
+        "autostep/functions/entrypoint.py",
+        "            with _settled_together([message for _, message in group.taken]):\n",
+        "            with contextlib.nullcontext():\n",
+        (GROUP,),
+    ),
+    Mutation(
         "killed-worker-goes-on",
         "a worker killed while it waits for its running mark records no failure",
         "autostep/functions/runner.py",
@@ -841,12 +857,13 @@ MUTATIONS = (
         "tick-job-committed-alone",
         "a tick's row and its job commit together: a crash leaves both or neither",
         "autostep/tick_batch.py",
-        "    with driver.cursor() as cursor:\n"
+        "    with driver(session).cursor() as cursor:\n"
         "        cursor.execute(_WRITE, params, prepare=True)\n",
-        "    with psycopg.connect(driver.info.dsn, autocommit=True) as alone:\n"
+        "    dsn = driver(session).info.dsn\n"
+        "    with __import__('psycopg').connect(dsn, autocommit=True) as alone:\n"
         "        alone.execute(_WRITE, {**params, 'ticks': Jsonb([])})\n"
         "    params.update(jobs=Jsonb([]), born=Jsonb([]), outbox=Jsonb([]))\n"
-        "    with driver.cursor() as cursor:\n"
+        "    with driver(session).cursor() as cursor:\n"
         "        cursor.execute(_WRITE, params, prepare=True)\n",
         (
             f"{TICK_BATCH}::test_a_batch_rolled_back_leaves_neither_ticks_nor_jobs",

@@ -1,19 +1,21 @@
 """Probes that say where a step's time goes, without touching autostep's code.
 
-:class:`StepTracer` binds a queue of its own to ``autostep.steps`` and notes
-when each step message of a function arrived there (a copy: the runner's
-queue gets the message at the same moment). With the
-``started_at``/``finished_at`` the runner writes on every process, one step
-of a linear run splits into hops::
+:class:`StepTracer` splits the steps of a linear run into hops, from the
+``started_at``/``finished_at`` the runner writes on every process::
 
-    finished_at(prev) ─► this step's message arrives  (the runner completes the previous
-                                                       step and commits, then publishes
-                                                       the message; RabbitMQ routes it)
-    message arrives   ─► started_at                    (RabbitMQ delivers, nameko
-                                                       dispatches, the runner opens
-                                                       its transaction and claims)
-    started_at        ─► finished_at                   (the function runs, the
-                                                       runner locks and completes)
+    finished_at(prev) ─► started_at   (between steps: the rest of the previous
+                                       step's transaction and its commit, the
+                                       hand-over of the next step, its claim)
+    started_at        ─► finished_at  (in-step: the function, then the
+                                       runner locks and completes)
+
+A chain's next step usually runs in the runner that wrote it, straight from
+its outbox row, without the broker. A step message that does go through
+RabbitMQ is also seen by the tracer, which binds a queue of its own to
+``autostep.steps`` and notes when each message of a function arrived there
+(a copy: the runner's queue gets it at the same moment); such a step's
+"between steps" splits further into commit+publish (up to the message's
+arrival) and delivery+dispatch+claim.
 
 A fast step has no ``running`` mark (the runner marks only steps still
 running after ``running_mark_seconds``), so ``started_at`` is the runner's
@@ -79,24 +81,26 @@ class StepTracer:
         self._conn.close()
 
     def hops(self, poll: psycopg.Connection[Any], job_id: str) -> dict[str, list[float]]:
-        """Seconds per hop for every step but the first of the linear job ``job_id``."""
+        """Seconds per hop for every step but the first of the linear job ``job_id``.
+
+        The keys in brackets split "between steps" for the steps whose
+        message went through the broker, and are left out of any sum.
+        """
         rows = poll.execute(
             "SELECT id, started_at, finished_at FROM process WHERE job_id = %s ORDER BY created_at",
             (job_id,),
         ).fetchall()
-        deadline = time.monotonic() + 2.0  # the last messages may still be on their way
-        while time.monotonic() < deadline and any(str(r[0]) not in self.arrivals for r in rows):
-            time.sleep(0.01)
+        time.sleep(0.2)  # a message published last may still be on its way to the tracer
         out: dict[str, list[float]] = defaultdict(list)
         for prev, this in itertools.pairwise(rows):
-            arrived = self.arrivals.get(str(this[0]))
-            if arrived is None:
-                continue
             finished_prev = prev[2].timestamp()
             started, finished = this[1].timestamp(), this[2].timestamp()
-            out["commit+publish"].append(arrived - finished_prev)
-            out["delivery+dispatch+claim"].append(started - arrived)
+            out["between steps"].append(started - finished_prev)
             out["in-step"].append(finished - started)
+            arrived = self.arrivals.get(str(this[0]))
+            if arrived is not None:
+                out["(through the broker: commit+publish)"].append(arrived - finished_prev)
+                out["(through the broker: delivery+dispatch+claim)"].append(started - arrived)
         return out
 
 

@@ -33,12 +33,13 @@ never waits for a message to arrive.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
@@ -54,6 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autostep.db import database_answers
 from autostep.exceptions import DatabaseUnavailable, PoisonMessage
 from autostep.settings import get_settings
+from autostep.socket_writes import corked
 from autostep.topology import (
     DEAD_EXCHANGE,
     DEAD_QUEUE,
@@ -367,6 +369,31 @@ def _settle_safely(message: Any, action: str, settle_message: Callable[[], None]
         )
 
 
+@contextlib.contextmanager
+def _settled_together(messages: list[Any]) -> Iterator[None]:
+    """Send the settlements of the block's ``messages`` in one socket write.
+
+    The messages of a group came on one channel; their acks leave together
+    (:func:`~autostep.socket_writes.corked`). A connection lost meanwhile
+    logs one line, as :func:`_settle_safely` does for one message.
+    """
+    connection = messages[0].channel.connection if messages else None
+    transport = getattr(connection, "transport", None)
+    if transport is None:  # gone: each settlement says so
+        yield
+        return
+    try:
+        with corked(transport):
+            yield
+    except _BROKER_CONNECTION_ERRORS as lost:
+        log.warning(
+            "could not settle %d messages: %s: %s (they will be delivered again)",
+            len(messages),
+            type(lost).__name__,
+            lost,
+        )
+
+
 class StepConsumer(Consumer):
     """Consumes ``queue`` and passes a :class:`Delivery` to the worker.
 
@@ -528,8 +555,9 @@ class StepConsumer(Consumer):
                 self.held -= 1
                 self.consumer.requeue_message(message)
         else:
-            for (_, message), disposition in zip(group.taken, result, strict=True):
-                self.handle_message_processed(message, disposition)
+            with _settled_together([message for _, message in group.taken]):
+                for (_, message), disposition in zip(group.taken, result, strict=True):
+                    self.handle_message_processed(message, disposition)
         if not self.stopping:
             self._start_group()
         return result, exc_info

@@ -3,9 +3,9 @@
 The first tests hand :func:`autostep.functions.group.run_group` a group of
 step messages read from the outbox, as the entrypoint would: each function
 writes its effect, one of them then raises. Its write must vanish with its
-savepoint while the others' commit once; only it is retried. The last test
-runs a burst through the nameko service and checks that messages really
-shared transactions, every effect once.
+savepoint while the others' commit once; only it is retried. A burst
+through the nameko service checks that messages really shared
+transactions, every effect once, and that a group's acks left together.
 """
 
 from __future__ import annotations
@@ -211,19 +211,45 @@ def test_a_burst_of_quick_steps_shares_transactions_and_each_effect_commits_once
         and entrypoint.queue.name == step_queue_name("t_add")
     )
     definition = {"name": "burst", "steps": [{"name": "one", "function": "t_add"}]}
+    transports: list[Any] = []  # the consumer's connection, as its first ack meets it
+    ack = consumer.consumer.ack_message
+
+    def noting_its_connection(message: Any) -> None:
+        transports.append(message.channel.connection.transport)
+        ack(message)
+
+    consumer.consumer.ack_message = noting_its_connection
     with unit_of_work(session_factory) as session:
         publish_workflow(session, project, definition)
         warm_up = start_job(session, project, "burst", {"value": 0}).id
     assert wait_for_job(warm_up)["status"] == "succeeded"  # the function's pace is known
+    del consumer.consumer.ack_message
 
-    with unit_of_work(session_factory) as session:
-        jobs = [start_job(session, project, "burst", {"value": n}).id for n in range(60)]
-    views = [wait_for_job(job_id) for job_id in jobs]
+    transport = transports[0]
+    send = transport._write
+    writes: list[int] = []  # what reaches the socket: a group's acks leave together
+
+    def counted(data: Any) -> None:
+        writes.append(len(data))
+        send(data)
+
+    transport._write = counted
+    try:
+        with unit_of_work(session_factory) as session:
+            jobs = [start_job(session, project, "burst", {"value": n}).id for n in range(60)]
+        views = [wait_for_job(job_id) for job_id in jobs]
+    finally:
+        transport._write = send
 
     assert {view["status"] for view in views} == {"succeeded"}
     assert consumer.largest_group > 1  # messages shared a transaction
     processes = [uuid.UUID(view["processes"][0]["id"]) for view in views]
     assert _effects(session_factory, processes) == [1] * len(jobs)
+    # one write per group and per message that ran alone, a heartbeat or two besides
+    alone = len(jobs) - consumer.grouped
+    assert len(writes) <= consumer.groups + alone + 2, (
+        f"{len(writes)} writes for {consumer.groups} groups and {alone} messages alone"
+    )
 
 
 def _run_in_groups(session_factory: Any, project: str, *, one_by_one: bool) -> dict[str, Any]:

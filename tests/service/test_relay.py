@@ -17,7 +17,8 @@ the races they guard against would, without sleeping on luck:
   silent, and reconnects; a pass whose publication failed releases its
   claim; a relay reconnects within a couple of seconds of the broker's
   return; SIGTERM stops it within seconds while a server does not answer;
-- a step queue that exists with other arguments is published to as it is.
+- a step queue that exists with other arguments is published to as it is;
+- a pass's messages leave in one socket write, in order.
 
 Broker faults go through :class:`BrokerProxy`, a TCP proxy in front of the
 session's broker that a test can cut, silence or shut, so the shared
@@ -315,6 +316,36 @@ def test_a_relay_taking_a_shard_over_publishes_its_previous_owners_claims_at_onc
     assert shard in successor.shards
     assert _ids(claim, ids) == ids  # at once, not after the 30 s lease
     assert tap.message_ids() == ids  # in seq order
+    assert _left(session_factory, ids) == []
+
+
+def test_a_pass_sends_its_messages_in_one_write_in_order(
+    session_factory: Any, relays: list[Relay], kind: str, tap: Tap
+) -> None:
+    shard = 13
+    ids = _add_rows(session_factory, _job_in(shard), kind, count=40)
+    relay = _relay(relays, shard, relay_batch_size=100)
+    assert relay.publisher.connection is not None
+    transport = relay.publisher.connection.transport
+    writes: list[int] = []
+    send = transport._write
+
+    def counted(data: Any) -> None:
+        writes.append(len(data))
+        send(data)
+
+    transport._write = counted  # what reaches the socket
+    try:
+        claim = relay.claim()
+        publication = relay.publish(claim)
+    finally:
+        transport._write = send
+    relay.settle(claim, publication)
+
+    assert _ids(claim, ids) == ids
+    assert {str(i) for i in publication.acked} >= set(ids)
+    assert len(writes) == 1, f"{len(claim.rows)} messages went out in {len(writes)} writes"
+    assert tap.message_ids() == ids
     assert _left(session_factory, ids) == []
 
 

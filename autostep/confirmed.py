@@ -6,8 +6,9 @@ publishes the step messages of its own commits (:mod:`autostep.dispatch`).
 Both hand :meth:`ConfirmedPublisher.publish` the messages of outbox rows, in
 order, and learn which rows the broker confirmed: a row is confirmed when
 every message it gave was acked; a nack, or a step message returned as
-unroutable, fails its row. A row of events gives several messages, a step
-row one; the message's ``message_id`` is what consumers record in their inbox.
+unroutable, fails its row. A row gives one message (a row of events one
+holding their list); the message's ``message_id`` is what consumers record
+in their inbox.
 
 One connection and two channels: the publishes' channel is in confirm mode,
 and step queues are declared on a channel of their own (a refused
@@ -50,7 +51,7 @@ class Publication:
     """The publishes of one batch and what the broker said of each."""
 
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery tag -> message
-    #: Messages of each row not confirmed yet (a row of events has several).
+    #: Messages of each row not confirmed yet.
     unconfirmed: dict[uuid.UUID, int] = field(default_factory=dict)
     #: Rows every message of which the broker confirmed.
     acked: set[uuid.UUID] = field(default_factory=set)

@@ -6,12 +6,14 @@ step messages and events while the engine changes rows, and
 transaction. Rows of one job go to one shard (``job_id`` modulo
 :data:`SHARDS`) so one relay publishes them, in ``seq`` order.
 
-**One row for a transaction's events.** Every event of one writer (one job's
-transaction: a step succeeded, the next one queued, the job finished) goes
-into a single row of type :data:`EVENTS_ROW` whose payload is the list of
-events, in order. The relay publishes each element as an event message of
-its own (routing key: the event's type), so consumers see the same messages
-as before, and a step costs one event row instead of two or three.
+**One row, and one message, for a transaction's events.** Every event of
+one writer (one job's transaction: a step succeeded, the next one queued,
+the job finished; or a trigger's change) goes into a single row of type
+:data:`EVENTS_ROW` whose payload is the list of events, in order. The relay
+publishes the row as one message, routed by what the events are about
+(:func:`autostep.topology.events_routing_key`: ``job.events``,
+``trigger.events``), so a step costs one event row and one event message
+instead of two or three.
 
 **Step messages the writer's process sends itself.** In a session marked by
 :func:`dispatch_after_commit` (the function runner's), a step message's row
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session
 from autostep.messages import StepMessage
 from autostep.models import Outbox
 from autostep.settings import get_settings
-from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE
+from autostep.topology import EVENTS_EXCHANGE, STEPS_EXCHANGE, events_routing_key
 
 __all__ = [
     "EVENTS_ROW",
@@ -123,7 +125,7 @@ class OutboxWriter:
                 aggregate_id=self.job_id,
                 type=EVENTS_ROW,
                 exchange=EVENTS_EXCHANGE,
-                routing_key="",
+                routing_key=events_routing_key(self.aggregate),
                 mandatory=False,
                 payload=self._events,
             )
@@ -143,8 +145,8 @@ class OutboxWriter:
     def flush(self) -> list[uuid.UUID]:
         """Insert what was collected; call it once, last, in the transaction.
 
-        Returns the ids of the rows, in order (a row of events has the id of
-        its first event's message).
+        Returns the ids of the rows, in order (a row's id is its message's
+        ``message_id``).
         """
         rows = self.take()
         immediate = [row for row in rows if "available_at" not in row]

@@ -25,7 +25,7 @@ One loop per relay process:
    :class:`~autostep.confirmed.ConfirmedPublisher`) in ``seq`` order on one
    confirm-mode channel, pipelined, step messages with ``mandatory`` set; the
    outbox id is the AMQP ``message_id``, which consumers record in their inbox.
-   A row of events (one per transaction) gives one message per event, in order.
+   A row of events (one per transaction) is one message holding their list.
 4. **Settle** (:meth:`Relay.settle`): delete the confirmed rows whose lease
    token is still ours, and release nacked or returned ones with a backoff
    (``available_at``); rows another relay claimed since are left to it.
@@ -97,9 +97,8 @@ CONNECT_TIMEOUT_SECONDS = 3.0
 RECONNECT_MIN_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 2.0
 
-#: Lease due rows and return their messages: one per row, except a row of
-#: events (:data:`autostep.outbox.EVENTS_ROW`), which gives one message per
-#: event, in order: the first with the row's id, the others with ids derived from it.
+#: Lease due rows and return their messages in ``seq`` order, one per row (a
+#: row of events, :data:`autostep.outbox.EVENTS_ROW`, is one message holding the list).
 CLAIM = """
 WITH claimed AS (
     UPDATE outbox SET lease_token = %(token)s,
@@ -112,16 +111,10 @@ WITH claimed AS (
         ORDER BY seq LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
     RETURNING id, seq, type, exchange, routing_key, mandatory, payload, attempts)
-SELECT c.id, c.seq, c.exchange, c.mandatory, c.attempts,
-       coalesce(e.value ->> 'type', c.type) AS type,
-       coalesce(e.value ->> 'type', c.routing_key) AS routing_key,
-       coalesce(e.value -> 'payload', c.payload)::text AS body,
-       CASE WHEN coalesce(e.n, 1) = 1 THEN c.id ELSE md5(c.id::text || '/' || e.n)::uuid END
-           AS message_id
-FROM claimed AS c
-LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN c.type = 'events' THEN c.payload END)
-    WITH ORDINALITY AS e(value, n) ON true
-ORDER BY c.seq, e.n
+SELECT id, seq, exchange, mandatory, attempts, type, routing_key, payload::text AS body,
+       id AS message_id
+FROM claimed
+ORDER BY seq
 """
 DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s) AND lease_token = %(token)s"
 RELEASE = """
@@ -151,8 +144,8 @@ WHERE locktype = 'advisory' AND classid::bigint = %(ns)s AND objsubid = 2 AND gr
 class Claim:
     """Outbox rows leased to one relay under ``token``: their messages, in ``seq`` order.
 
-    A row of events gives several messages (``rows`` holds one dict per
-    message; ``id`` is the row's, ``message_id`` the message's).
+    ``rows`` holds one dict per row and message (``id`` is the row's, and
+    also the message's ``message_id``).
     """
 
     token: uuid.UUID

@@ -4,8 +4,13 @@
   each function consuming its own quorum queue ``autostep.fn.<function>``.
   A message redelivered ``delivery_limit`` times (a runner that keeps
   crashing on it) is dead-lettered to ``autostep.dead`` instead of looping.
-- ``autostep.events`` (topic): ``job.updated``, ``process.updated``, ...
-  for whoever follows runs (the grid, metrics, the scheduler).
+- ``autostep.events`` (topic): one message per transaction that changed a
+  job or a trigger, holding that transaction's events in order, for whoever
+  follows runs (the grid, the scheduler). Routing key
+  :data:`JOB_EVENTS` (``job.events``: ``job.updated`` and
+  ``process.updated``) or :data:`TRIGGER_EVENTS` (``trigger.events``:
+  ``trigger.changed``); the body is a JSON list of ``{"type", "id",
+  "payload"}`` (:func:`events_routing_key`).
 
 The relay declares a step queue before it first publishes to it, so a step
 message waits in its queue until a runner for the function starts; the
@@ -32,9 +37,12 @@ __all__ = [
     "DEAD_EXCHANGE",
     "DEAD_QUEUE",
     "EVENTS_EXCHANGE",
+    "JOB_EVENTS",
     "STEPS_EXCHANGE",
+    "TRIGGER_EVENTS",
     "declare_base",
     "declare_step_queue",
+    "events_routing_key",
     "step_queue_arguments",
     "step_queue_name",
 ]
@@ -43,12 +51,20 @@ STEPS_EXCHANGE = "autostep.steps"
 EVENTS_EXCHANGE = "autostep.events"
 DEAD_EXCHANGE = "autostep.dead"
 DEAD_QUEUE = "autostep.dead"
+#: Routing keys of the events of a job's transactions, and of a trigger's.
+JOB_EVENTS = "job.events"
+TRIGGER_EVENTS = "trigger.events"
 
 log = logging.getLogger(__name__)
 
 
 def step_queue_name(function: str) -> str:
     return f"autostep.fn.{function}"
+
+
+def events_routing_key(aggregate: str) -> str:
+    """The routing key of a transaction's events about an ``aggregate`` (``job``, ``trigger``)."""
+    return f"{aggregate}.events"
 
 
 def step_queue_arguments() -> dict[str, Any]:

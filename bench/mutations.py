@@ -388,6 +388,32 @@ MUTATIONS = (
         (GROUP,),
     ),
     Mutation(
+        "events-rows-left-unrouted",
+        "rows of events written before the upgrade reach their followers after it",
+        "autostep/migrations/versions/0007_events_one_message.py",
+        "        \"WHERE type = 'events' AND routing_key = ''\"\n",
+        "        \"WHERE false\"\n",
+        (RELAY,),
+    ),
+    Mutation(
+        "events-message-drops-events",
+        "a transaction's events go out as one message, in seq order",
+        "autostep/relay.py",
+        "SELECT id, seq, exchange, mandatory, attempts, type, routing_key, "
+        "payload::text AS body,\n",
+        "SELECT id, seq, exchange, mandatory, attempts, type, routing_key,\n"
+        "       (payload -> 0)::text AS body,\n",
+        (RELAY, "tests/service/test_delivery.py"),
+    ),
+    Mutation(
+        "hub-routes-first-event-only",
+        "the gateway routes every event of a transaction's message to the websocket",
+        "gateway/events_hub.py",
+        "        for event_type, payload in typed:\n",
+        "        for event_type, payload in typed[:1]:\n",
+        (LIVE,),
+    ),
+    Mutation(
         "killed-worker-goes-on",
         "a worker killed while it waits for its running mark records no failure",
         "autostep/functions/runner.py",

@@ -1,9 +1,10 @@
 """The gateway's events hub: ``job.updated`` and ``process.updated`` from RabbitMQ to subscribers.
 
-The relay publishes every committed change of a job or a process to the
-``autostep.events`` topic exchange (:mod:`autostep.topology`). Each gateway
-process binds a queue of its own (exclusive, deleted with its connection),
-so every replica sees every event, and routes each event to the
+The relay publishes the events of every committed change of a job or a
+process to the ``autostep.events`` topic exchange (:mod:`autostep.topology`),
+one message per transaction (routing key ``job.events``, a list of events).
+Each gateway process binds a queue of its own (exclusive, deleted with its
+connection), so every replica sees every event, and routes each event to the
 subscriptions of the websocket ``/ws`` (:mod:`autostep.gateway.live`) on
 its topics: ``job:<job id>``, ``workflow:<workflow id>`` and
 ``project:<project id>``. A process event names only its job: the hub
@@ -44,12 +45,12 @@ from autostep import queries
 from autostep.db import make_engine, make_session_factory, unit_of_work
 from autostep.gateway.snapshots import SnapshotReader
 from autostep.settings import get_settings
-from autostep.topology import EVENTS_EXCHANGE
+from autostep.topology import EVENTS_EXCHANGE, JOB_EVENTS
 
 __all__ = ["EVENT_TYPES", "EventsHub", "Subscriber", "Subscription", "Topic"]
 
-#: The routing keys the hub binds.
-EVENT_TYPES = ("job.updated", "process.updated")
+#: The events the hub routes, and what each is about.
+EVENT_TYPES = {"job.updated": "job", "process.updated": "process"}
 #: Jobs and workflows whose owners the hub remembers.
 OWNER_CACHE_SIZE = 100_000
 #: Jobs and processes whose newest version the hub remembers, to drop republished events.
@@ -248,8 +249,7 @@ class EventsHub:
             EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
         queue = await channel.declare_queue(self.queue_name, exclusive=True, auto_delete=True)
-        for routing_key in EVENT_TYPES:
-            await queue.bind(exchange, routing_key)
+        await queue.bind(exchange, JOB_EVENTS)
         log.info("events hub: consuming %s on queue %s", EVENTS_EXCHANGE, self.queue_name)
         if waited:
             self._reconnected()
@@ -313,12 +313,24 @@ class EventsHub:
         async with queue.iterator(no_ack=True) as messages:
             async for message in messages:
                 try:
-                    await self.route(message.routing_key or "", message.body)
+                    await self.route_message(message.body)
                 except Exception:
-                    log.exception("events hub: event %s not routed", _message_id(message))
+                    log.exception("events hub: events %s not routed", _message_id(message))
                 # let the connections send before the next event: a burst of events
                 # must not fill the queues of clients that read as fast as they can
                 await asyncio.sleep(0)
+
+    async def route_message(self, body: bytes) -> None:
+        """Route each event of one message (a JSON list of ``{"type", "id", "payload"}``)."""
+        try:
+            events = json.loads(body)
+            typed = [(event["type"], event["payload"]) for event in events]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("events hub: dropped a message that is not a list of events: %r", exc)
+            return
+        for event_type, payload in typed:
+            if event_type in EVENT_TYPES:
+                await self.route(event_type, json.dumps(payload, separators=(",", ":")).encode())
 
     async def route(self, event_type: str, body: bytes) -> None:
         """Hand the event ``body`` (a ``*.updated`` payload) to the subscriptions of its topics."""
@@ -326,7 +338,7 @@ class EventsHub:
         EVENTS_RECEIVED.inc()
         try:
             payload = json.loads(body)
-            kind = {"job.updated": "job", "process.updated": "process"}[event_type]
+            kind = EVENT_TYPES[event_type]
             entity = f"{kind}:{payload['id']}"
             version = int(payload["version"])
             job_id = str(payload["id"] if kind == "job" else payload["job_id"])

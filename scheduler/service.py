@@ -1,8 +1,9 @@
 """The ``scheduler`` nameko service: keeps the cluster's CronJobs in line with the cron triggers.
 
 Thin: on every ``trigger.changed`` event (published by the relay on the
-``autostep.events`` topic exchange from the outbox row each trigger write
-commits) and every ``AUTOSTEP_SCHEDULER_RESYNC_SECONDS`` (default 60), it
+``autostep.events`` topic exchange, routing key ``trigger.events``, from the
+outbox row each trigger write commits) and every
+``AUTOSTEP_SCHEDULER_RESYNC_SECONDS`` (default 60), it
 reads all cron triggers (:func:`autostep.triggers.cron_targets`)
 and reconciles them with the namespace's CronJobs
 (:func:`autostep.scheduler.reconcile.reconcile`). Each run is a full one, so
@@ -29,7 +30,7 @@ from autostep.scheduler.cronjobs import desired_cronjob
 from autostep.scheduler.kube import KubeClient
 from autostep.scheduler.reconcile import Summary, reconcile
 from autostep.settings import get_settings
-from autostep.topology import EVENTS_EXCHANGE
+from autostep.topology import EVENTS_EXCHANGE, TRIGGER_EVENTS
 from autostep.triggers import cron_targets
 
 __all__ = ["TRIGGER_EVENTS_QUEUE", "SchedulerService", "sync"]
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 TRIGGER_EVENTS_QUEUE = Queue(
     "autostep.scheduler.triggers",
     Exchange(EVENTS_EXCHANGE, type="topic", durable=True),
-    routing_key="trigger.changed",
+    routing_key=TRIGGER_EVENTS,
     durable=True,
 )
 _clients: dict[str, KubeClient] = {}

@@ -174,19 +174,24 @@ def test_events_of_a_job_arrive_in_commit_order_with_two_relays(
             t.wait()
 
     received: dict[str, list[int]] = {}
+    events: dict[str, list[str]] = {}
     versions: dict[str, list[int]] = {}
     while (message := channel.basic_get(queue, no_ack=True)) is not None:
-        body = json.loads(message.body)
-        job = body.get("job_id", body["id"])
+        transaction = json.loads(message.body)  # one message per transaction: its events
+        first = transaction[0]["payload"]
+        job = first.get("job_id", first["id"])
         received.setdefault(job, []).append(message.headers["x-autostep-seq"])
-        versions.setdefault(body["id"], []).append(body["version"])
+        for event in transaction:
+            events.setdefault(job, []).append(event["type"])
+            versions.setdefault(event["id"], []).append(event["payload"]["version"])
     conn.close()
     assert {str(j) for j in jobs} <= set(received)
     for job in jobs:
         seqs = received[str(job)]
         assert seqs == sorted(seqs), f"events of job {job} out of order: {seqs}"
+        assert len(seqs) == 3  # the start's transaction, then each step's
         # job.updated twice, and per (fast) step: queued, succeeded
-        assert len(seqs) == 2 + 2 * 2
+        assert sorted(events[str(job)]) == ["job.updated"] * 2 + ["process.updated"] * 4
     for process_versions in versions.values():
         assert process_versions == sorted(process_versions)
     assert relays[0].published > 0 and relays[1].published > 0

@@ -18,19 +18,24 @@ the races they guard against would, without sleeping on luck:
   claim; a relay reconnects within a couple of seconds of the broker's
   return; SIGTERM stops it within seconds while a server does not answer;
 - a step queue that exists with other arguments is published to as it is;
-- a pass's messages leave in one socket write, in order.
+- a pass's messages leave in one socket write, in order;
+- a transaction's events go out as one message, routed by what they are
+  about, also from a row written before the upgrade that gave rows of
+  events their routing key.
 
 Broker faults go through :class:`BrokerProxy`, a TCP proxy in front of the
 session's broker that a test can cut, silence or shut, so the shared
 broker itself is never disturbed.
 
-The rows are events of a made-up type on ``autostep.events``; a tap queue
-bound to that type sees every publication.
+The rows are events about a made-up aggregate of each test's own, published
+on ``autostep.events`` with that aggregate's routing key; a tap queue bound
+to it sees every publication.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -46,16 +51,18 @@ from urllib.parse import urlparse, urlunparse
 import eventlet
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from autostep.db import unit_of_work
 from autostep.messages import StepMessage
+from autostep.migrate import downgrade, upgrade
 from autostep.models import Outbox
 from autostep.outbox import SHARDS, OutboxWriter
 from autostep.relay import MEMBER_LOCK, Claim, Relay
 from autostep.settings import Settings, libpq_dsn
 from autostep.topology import (
     EVENTS_EXCHANGE,
+    events_routing_key,
     step_queue_arguments,
     step_queue_name,
 )
@@ -160,13 +167,13 @@ class BrokerProxy:
 
 @pytest.fixture
 def kind() -> str:
-    """An event type of this test alone."""
+    """An aggregate (and event type) of this test alone: its rows route to ``<kind>.events``."""
     return f"test.{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
 def tap(amqp_uri: str, kind: str) -> Iterator[Tap]:
-    consumer = Tap(amqp_uri, [(EVENTS_EXCHANGE, kind)])
+    consumer = Tap(amqp_uri, [(EVENTS_EXCHANGE, events_routing_key(kind))])
     yield consumer
     consumer.close()
 
@@ -226,7 +233,7 @@ def _add_rows(session_factory: Any, job_id: uuid.UUID, kind: str, count: int = R
     ids = []
     with unit_of_work(session_factory) as session:
         for n in range(count):  # a row each (one transaction's events share one row)
-            out = OutboxWriter(session, job_id)
+            out = OutboxWriter(session, job_id, aggregate=kind)
             out.event(kind, job_id, {"n": n})
             ids += out.flush()
     return [str(row_id) for row_id in ids]
@@ -359,7 +366,7 @@ def test_a_nacked_row_stays_and_is_published_after_a_backoff(
     refusing, _, _ = trap.channel.queue_declare(
         "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
     )
-    trap.channel.queue_bind(refusing, EVENTS_EXCHANGE, kind)
+    trap.channel.queue_bind(refusing, EVENTS_EXCHANGE, events_routing_key(kind))
     relay = _relay(relays, shard, relay_batch_size=100)
 
     first = relay.claim()
@@ -563,6 +570,35 @@ def test_sigterm_stops_a_relay_within_seconds_while_a_server_does_not_answer(
             output = relay.communicate()[0].decode(errors="replace")
 
     assert code == 0, f"relay still running {STOP_WITHIN}s after SIGTERM:\n{output}"
+
+
+def test_a_transactions_events_go_out_as_one_message_also_when_written_before_the_upgrade(
+    session_factory: Any, database_url: str, relays: list[Relay], kind: str, tap: Tap
+) -> None:
+    shard = 47
+    job_id = _job_in(shard)
+    downgrade(database_url, "0006")  # events rows were written with no routing key
+    try:
+        with unit_of_work(session_factory) as session:
+            out = OutboxWriter(session, job_id, aggregate=kind)
+            for n in range(3):
+                out.event(kind, job_id, {"n": n})
+            [old] = out.flush()
+            session.execute(text("UPDATE outbox SET routing_key = '' WHERE id = :id"), {"id": old})
+    finally:
+        upgrade(database_url)
+    with unit_of_work(session_factory) as session:
+        out = OutboxWriter(session, job_id, aggregate=kind)
+        out.event(kind, job_id, {"n": 3})
+        [new] = out.flush()
+    relay = _relay(relays, shard, relay_batch_size=100)
+    claim = relay.claim()
+    relay.settle(claim, relay.publish(claim))
+
+    messages = tap.messages()
+    assert [m.properties["message_id"] for m in messages] == [str(old), str(new)]
+    assert [[e["payload"]["n"] for e in json.loads(m.body)] for m in messages] == [[0, 1, 2], [3]]
+    assert {m.delivery_info["routing_key"] for m in messages} == {events_routing_key(kind)}
 
 
 def test_a_step_queue_with_other_arguments_is_published_to_as_it_is(

@@ -4,10 +4,12 @@
 ``started_at``/``finished_at`` the runner writes on every process::
 
     finished_at(prev) ─► started_at   (between steps: the rest of the previous
-                                       step's transaction and its commit, the
-                                       hand-over of the next step, its claim)
+                                       step's transaction, its write and its
+                                       commit, the hand-over of the next
+                                       step, its claim)
     started_at        ─► finished_at  (in-step: the function, then the
-                                       runner locks and completes)
+                                       completion locks the job and the
+                                       process; ``finished_at`` is taken then)
 
 A chain's next step usually runs in the runner that wrote it, straight from
 its outbox row, without the broker. A step message that does go through

@@ -330,22 +330,19 @@ class EventsHub:
             return
         for event_type, payload in typed:
             if event_type in EVENT_TYPES:
-                await self.route(event_type, json.dumps(payload, separators=(",", ":")).encode())
+                await self.route(event_type, payload)
 
-    async def route(self, event_type: str, body: bytes) -> None:
-        """Hand the event ``body`` (a ``*.updated`` payload) to the subscriptions of its topics."""
+    async def route(self, event_type: str, payload: Any) -> None:
+        """Hand the event ``payload`` (a ``*.updated`` one) to the subscriptions of its topics."""
         self.events_received += 1
         EVENTS_RECEIVED.inc()
         try:
-            payload = json.loads(body)
             kind = EVENT_TYPES[event_type]
             entity = f"{kind}:{payload['id']}"
             version = int(payload["version"])
             job_id = str(payload["id"] if kind == "job" else payload["job_id"])
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning(
-                "events hub: dropped a %r message that is not an event: %r", event_type, exc
-            )
+            log.warning("events hub: dropped a %r event without its fields: %r", event_type, exc)
             return
         newest = self._versions.get(entity)
         if newest is not None and version <= newest:
@@ -358,11 +355,13 @@ class EventsHub:
             owners = await self._owners(job_id)
             if owners is not None:
                 topics += [f"workflow:{owners[0]}", f"project:{owners[1]}"]
-        data = body.decode()
+        data: str | None = None  # the payload's JSON, made for the first subscription
         for topic in topics:
             subscriptions = self._topics.get(topic)
             if not subscriptions:
                 continue
+            if data is None:
+                data = json.dumps(payload, separators=(",", ":"))
             text = f'{{"type":"event","topic":"{topic}","event":"{event_type}","data":{data}}}'
             for subscription in tuple(subscriptions):
                 subscription.deliver(entity, version, text)

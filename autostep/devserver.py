@@ -4,9 +4,9 @@ Creates the database if it is missing, migrates it, starts the relay, the
 built-in function runner, the HTTP gateway, the gateway's RPC services and
 the local scheduler (``autostep scheduler run`` with
 ``AUTOSTEP_SCHEDULER_BACKEND=local``: cron triggers fire in it) as child
-processes, prints the URLs of the REST API, its docs and the web UI,
-publishes ``examples/demo.yaml`` and follows one run of it, then keeps the
-platform running until Ctrl-C.
+processes, publishes ``examples/demo.yaml`` and follows one run of it,
+prints the URLs of the REST API, its docs and the web UI once the gateway
+answers there, then keeps the platform running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ PROCESSES = {
 }
 #: Settings of one child beyond the environment's.
 CHILD_ENV = {"scheduler": {"AUTOSTEP_SCHEDULER_BACKEND": "local"}}
+#: Seconds the HTTP gateway has to answer before its URLs are shown.
+HTTP_WAIT_SECONDS = 60.0
+#: Asks the local gateway directly, whatever proxy the environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def run_dev(*, demo: bool = True) -> int:
@@ -66,11 +71,19 @@ def run_dev(*, demo: bool = True) -> int:
         flush=True,
     )
     url = f"http://{settings.http_host}:{settings.http_port}"
-    print(f"autostep: REST API at {url}/ (docs: {url}/docs)", flush=True)
-    print(f"autostep: web UI at {url}/ui/", flush=True)
     try:
         if demo:
             _run_demo()
+        if _answers(f"{url}/healthz", HTTP_WAIT_SECONDS):
+            print(f"autostep: REST API at {url}/ (docs: {url}/docs)", flush=True)
+            print(f"autostep: web UI at {url}/ui/", flush=True)
+        else:
+            print(
+                f"autostep: the HTTP gateway does not answer at {url}/ after"
+                f" {HTTP_WAIT_SECONDS:.0f} s; see its log above",
+                file=sys.stderr,
+                flush=True,
+            )
         print("autostep: platform running; Ctrl-C stops it", flush=True)
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
@@ -87,6 +100,21 @@ def run_dev(*, demo: bool = True) -> int:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _answers(url: str, timeout: float) -> bool:
+    """Whether ``url`` answers 200 within ``timeout`` seconds (the URLs are shown only then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _DIRECT.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet (URLError is an OSError)
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -38,13 +38,13 @@ def test_dev_runs_the_platform_and_the_demo_then_stops_cleanly(
     reader.start()
     deadline = time.monotonic() + 90
     try:
+        while time.monotonic() < deadline and not any("REST API at" in x for x in lines):
+            time.sleep(0.05)
+        # shown only once it answers: a newcomer may open it at once
+        docs_served = http_ok(f"http://127.0.0.1:{port}/docs")
         while time.monotonic() < deadline and not any("platform running" in x for x in lines):
             time.sleep(0.2)
         children = _children(dev.pid)
-        docs = f"http://127.0.0.1:{port}/docs"
-        while time.monotonic() < deadline and not http_ok(docs):
-            time.sleep(0.2)
-        docs_served = http_ok(docs)
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)

@@ -4,11 +4,10 @@ The one place messages leave for the broker: the relay publishes what it
 claimed from the outbox (:mod:`autostep.relay`), and a function runner
 publishes the step messages of its own commits (:mod:`autostep.dispatch`).
 Both hand :meth:`ConfirmedPublisher.publish` the messages of outbox rows, in
-order, and learn which rows the broker confirmed: a row is confirmed when
-every message it gave was acked; a nack, or a step message returned as
-unroutable, fails its row. A row gives one message (a row of events one
-holding their list); the message's ``message_id`` is what consumers record
-in their inbox.
+order, and learn which rows the broker confirmed: a row gives one message
+(a row of events one holding their list), confirmed when the broker acks
+it; a nack, or a step message returned as unroutable, fails its row. The
+message's ``message_id`` is what consumers record in their inbox.
 
 One connection and two channels: the publishes' channel is in confirm mode,
 and step queues are declared on a channel of their own (a refused
@@ -51,9 +50,7 @@ class Publication:
     """The publishes of one batch and what the broker said of each."""
 
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # delivery tag -> message
-    #: Messages of each row not confirmed yet.
-    unconfirmed: dict[uuid.UUID, int] = field(default_factory=dict)
-    #: Rows every message of which the broker confirmed.
+    #: Rows whose message the broker confirmed (and did not return).
     acked: set[uuid.UUID] = field(default_factory=set)
     failed: set[uuid.UUID] = field(default_factory=set)
     outstanding: set[int] = field(default_factory=set)
@@ -154,7 +151,6 @@ class ConfirmedPublisher:
                 mandatory=row["mandatory"],
             )
             batch.rows[self._next_tag] = row
-            batch.unconfirmed[row["id"]] = batch.unconfirmed.get(row["id"], 0) + 1
             batch.outstanding.add(self._next_tag)
             self._next_tag += 1
 
@@ -184,10 +180,9 @@ class ConfirmedPublisher:
                 continue
             batch.outstanding.discard(tag)
             row_id = batch.rows[tag]["id"]
-            batch.unconfirmed[row_id] -= 1
             if not ok:
                 batch.failed.add(row_id)
-            elif batch.unconfirmed[row_id] == 0 and row_id not in batch.failed:
+            elif row_id not in batch.failed:  # a return comes before its ack
                 batch.acked.add(row_id)
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:

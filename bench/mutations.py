@@ -372,6 +372,14 @@ MUTATIONS = (
         (FAILURES,),
     ),
     Mutation(
+        "returned-message-confirmed",
+        "a step message returned as unroutable stays in the outbox, though its ack follows",
+        "autostep/confirmed.py",
+        "            elif row_id not in batch.failed:  # a return comes before its ack\n",
+        "            else:\n",
+        (RELAY,),
+    ),
+    Mutation(
         "publication-written-per-message",
         "a publication's messages leave in one socket write, in order",
         "autostep/confirmed.py",

@@ -217,3 +217,24 @@ def assert_chain_done_once(chains: Chains, job_id: uuid.UUID) -> None:
     assert step_rows(chains.session_factory, job_id) == 0
     effects = effects_by_step(chains.session_factory, job_id)
     assert effects == [(f"s{i}", 1) for i in range(CHAIN_STEPS)]
+
+
+@contextmanager
+def socket_writes(transport: Any) -> Iterator[list[int]]:
+    """The sizes of the writes that reach py-amqp ``transport``'s socket in the block.
+
+    Wraps the transport's ``_write`` (its socket's ``sendall``), which
+    :func:`autostep.socket_writes.corked` gathers frames in front of.
+    """
+    writes: list[int] = []
+    send = transport._write
+
+    def counted(data: Any) -> None:
+        writes.append(len(data))
+        send(data)
+
+    transport._write = counted
+    try:
+        yield writes
+    finally:
+        transport._write = send

@@ -33,7 +33,7 @@ from autostep.runs import start_job
 from autostep.sdk import REGISTRY
 from autostep.settings import get_settings, libpq_dsn
 from autostep.topology import step_queue_name
-from tests.helpers import until, waiting_on_a_lock, without_ids_and_times
+from tests.helpers import socket_writes, until, waiting_on_a_lock, without_ids_and_times
 from tests.service.test_exactly_once import called, gates
 
 GROUP = 5
@@ -225,21 +225,10 @@ def test_a_burst_of_quick_steps_shares_transactions_and_each_effect_commits_once
     assert wait_for_job(warm_up)["status"] == "succeeded"  # the function's pace is known
     del consumer.consumer.ack_message
 
-    transport = transports[0]
-    send = transport._write
-    writes: list[int] = []  # what reaches the socket: a group's acks leave together
-
-    def counted(data: Any) -> None:
-        writes.append(len(data))
-        send(data)
-
-    transport._write = counted
-    try:
+    with socket_writes(transports[0]) as writes:  # a group's acks leave together
         with unit_of_work(session_factory) as session:
             jobs = [start_job(session, project, "burst", {"value": n}).id for n in range(60)]
         views = [wait_for_job(job_id) for job_id in jobs]
-    finally:
-        transport._write = send
 
     assert {view["status"] for view in views} == {"succeeded"}
     assert consumer.largest_group > 1  # messages shared a transaction

@@ -66,7 +66,7 @@ from autostep.topology import (
     step_queue_arguments,
     step_queue_name,
 )
-from tests.helpers import Tap
+from tests.helpers import Tap, socket_writes
 
 ROWS = 12
 #: Seconds within which a relay must notice a broker fault, or be back after one:
@@ -333,20 +333,9 @@ def test_a_pass_sends_its_messages_in_one_write_in_order(
     ids = _add_rows(session_factory, _job_in(shard), kind, count=40)
     relay = _relay(relays, shard, relay_batch_size=100)
     assert relay.publisher.connection is not None
-    transport = relay.publisher.connection.transport
-    writes: list[int] = []
-    send = transport._write
-
-    def counted(data: Any) -> None:
-        writes.append(len(data))
-        send(data)
-
-    transport._write = counted  # what reaches the socket
-    try:
+    with socket_writes(relay.publisher.connection.transport) as writes:
         claim = relay.claim()
         publication = relay.publish(claim)
-    finally:
-        transport._write = send
     relay.settle(claim, publication)
 
     assert _ids(claim, ids) == ids

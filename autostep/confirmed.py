@@ -164,10 +164,14 @@ class ConfirmedPublisher:
         if conn is None or conn.sock is None:
             raise BrokerUnavailable("not connected to the broker")
         # Frames first (heartbeats among them), so a publisher that was busy
-        # elsewhere does not take the broker's silence for death.
+        # elsewhere does not take the broker's silence for death. One frame at
+        # a time, and only while one is arriving: py-amqp's drain_events reads
+        # on past a heartbeat until a method comes, which for an idle
+        # publisher means waiting the whole tick for nothing (a relay deaf to
+        # NOTIFY, a dispatcher deaf to its queue, for half a second).
         while select.select([conn.sock], [], [], 0)[0]:
             try:
-                conn.drain_events(timeout=TICK_SECONDS)
+                conn.blocking_read(timeout=TICK_SECONDS)
             except TimeoutError:
                 break
         conn.heartbeat_tick()

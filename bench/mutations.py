@@ -380,6 +380,17 @@ MUTATIONS = (
         (RELAY,),
     ),
     Mutation(
+        "tend-reads-past-heartbeat",
+        "tending an idle broker connection reads its heartbeats and waits for nothing more",
+        "autostep/confirmed.py",
+        "                conn.blocking_read(timeout=TICK_SECONDS)\n",
+        "                conn.drain_events(timeout=TICK_SECONDS)\n",
+        (
+            f"{RELAY}::test_tending_an_idle_broker_connection_reads_its_heartbeats"
+            "_and_waits_for_nothing_more",
+        ),
+    ),
+    Mutation(
         "publication-written-per-message",
         "a publication's messages leave in one socket write, in order",
         "autostep/confirmed.py",

@@ -124,6 +124,27 @@ class Client:
         ).fetchone()[0]  # type: ignore[index]
         return float(span or 0.0), int(steps), int(failed)
 
+    def longest_wait(self, job_id: str) -> tuple[float, str, bool]:
+        """The longest time a step of the job waited to start: s, the step, whether first.
+
+        Measured from the job's start (for its first step, which the relay
+        publishes) or from the end of the step before (the tracer's "between
+        steps", for one run).
+        """
+        rows = self.poll.execute(
+            "SELECT p.step, extract(epoch FROM p.started_at - j.created_at),"
+            " extract(epoch FROM p.finished_at - j.created_at)"
+            " FROM process AS p JOIN job AS j ON j.id = p.job_id"
+            " WHERE p.job_id = %s AND p.started_at IS NOT NULL ORDER BY p.started_at",
+            (job_id,),
+        ).fetchall()
+        longest, where, first, previous_end = 0.0, "", False, 0.0
+        for index, (step, started, finished) in enumerate(rows):
+            if float(started) - previous_end >= longest:
+                longest, where, first = float(started) - previous_end, str(step), index == 0
+            previous_end = float(finished if finished is not None else started)
+        return longest, where, first
+
     def db_counters(self) -> dict[str, float]:
         """Cumulative counters of the bench database (and the server's WAL position)."""
         found = self.poll.execute(
@@ -158,7 +179,7 @@ def latency(client: Client, steps: int, runs: int, traced_runs: int) -> dict[str
     client.wait_one(client.start(name)[0], timeout=60)
     row("warm-up run", f"{time.perf_counter() - t0:.3f} s")
     meter = CpuMeter(client.plat)
-    times, spans = [], []
+    times, spans, job_ids = [], [], []
     for index in range(runs):
         job_id = client.start(name)[0]
         committed = time.perf_counter()
@@ -167,6 +188,7 @@ def latency(client: Client, steps: int, runs: int, traced_runs: int) -> dict[str
         span, done, _ = client.outcome([job_id])
         times.append(elapsed)
         spans.append(span)
+        job_ids.append(job_id)
         note = f"{status}, {done} steps, {elapsed / steps * 1000:.1f} ms/step"
         row(f"run {index + 1}", f"{elapsed:.3f} s", note)
     cpu = meter.report()
@@ -185,6 +207,14 @@ def latency(client: Client, steps: int, runs: int, traced_runs: int) -> dict[str
     )
     row("target", f"<= {TARGET_LATENCY_S:.3f} s", verdict(median(times) <= TARGET_LATENCY_S))
     row("  (server: job created_at .. finished_at, median)", f"{median(spans):.3f} s")
+    slowest = max(range(runs), key=times.__getitem__)
+    wait, step, first = client.longest_wait(job_ids[slowest])
+    row(
+        f"  slowest run ({slowest + 1}): its longest wait",
+        f"{wait * 1000:.1f} ms",
+        f"before {step}" + (", the first step (the relay publishes it)" if first else ""),
+    )
+    result["slowest_wait_ms"] = wait * 1000
     if traced_runs:
         result["hops_ms"] = _traced(client, name, traced_runs)
     return result

@@ -14,7 +14,9 @@ the races they guard against would, without sleeping on luck:
   again after a backoff (a returned step message's queue is declared again);
 - a relay that loses its database session reconnects and goes on;
 - a relay notices, while idle, a broker connection that ended or went
-  silent, and reconnects; a pass whose publication failed releases its
+  silent, and reconnects; tending the idle connection reads the broker's
+  heartbeats without waiting for more (which would keep a relay from a
+  NOTIFY); a pass whose publication failed releases its
   claim; a relay reconnects within a couple of seconds of the broker's
   return; SIGTERM stops it within seconds while a server does not answer;
 - a step queue that exists with other arguments is published to as it is;
@@ -38,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import select as os_select
 import signal
 import socket
 import subprocess
@@ -53,6 +56,8 @@ import psycopg
 import pytest
 from sqlalchemy import select, text
 
+from autostep import confirmed
+from autostep.confirmed import ConfirmedPublisher
 from autostep.db import unit_of_work
 from autostep.messages import StepMessage
 from autostep.migrate import downgrade, upgrade
@@ -483,6 +488,32 @@ def test_an_idle_relay_notices_its_broker_connection_went_silent_and_reconnects(
     assert reconnected, "the idle relay did not notice that its connection went silent"
     assert published
     assert sorted(set(tap.message_ids())) == sorted(ids)
+
+
+def test_tending_an_idle_broker_connection_reads_its_heartbeats_and_waits_for_nothing_more(
+    amqp_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While idle, the relay and the step dispatcher tend their connection
+    # between waits for work (a NOTIFY, a handed-over row). A heartbeat is a
+    # frame but no method: reading on past it until a method comes would keep
+    # them from their work for a whole tick, here made far longer than the
+    # bound below.
+    monkeypatch.setattr(confirmed, "TICK_SECONDS", 60.0)
+    publisher = ConfirmedPublisher(amqp_uri, heartbeat=1, connect_timeout=5)
+    publisher.connect()
+    try:
+        conn = publisher.connection
+        assert conn is not None
+        for _ in range(3):
+            assert os_select.select([conn.sock], [], [], 5)[0], "the broker sent no heartbeat"
+            frames = conn.bytes_recv
+            started = time.monotonic()
+            publisher.tend()
+            waited = time.monotonic() - started
+            assert conn.bytes_recv > frames, "tend() did not read the heartbeat"
+            assert waited < 10, f"tend() waited {waited:.0f}s for a frame after the heartbeat"
+    finally:
+        publisher.close()
 
 
 def test_a_failed_publication_releases_its_claim_at_once(

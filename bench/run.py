@@ -65,6 +65,7 @@ from bench.workload import (  # noqa: E402
     TARGET_THROUGHPUT,
     Client,
     chain,
+    idle_starts,
     latency,
     throughput,
 )
@@ -91,6 +92,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="at the end, B-shaped batches until runner1 completed N steps; its RSS (off)",
+    )
+    parser.add_argument(
+        "--idle-starts",
+        type=int,
+        metavar="N",
+        help="after A, N 1-step runs each started after 1-3 s idle: start -> first step (off)",
     )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy runner and relay")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
@@ -265,6 +272,10 @@ def _benchmarks(plat: Platform, args: argparse.Namespace) -> dict[str, Any]:
         profiler.start("A")
         results["A"] = latency(client, args.linear_steps, args.linear_runs, args.traced_runs)
         profiler.stop()
+
+        if args.idle_starts:
+            section("idle starts: one run at a time, each after 1-3 s with nothing to do")
+            results["idle"] = idle_starts(client, args.idle_starts)
 
         section(f"B: throughput, {args.jobs} runs x {args.job_steps} steps at once, 1 runner")
         profiler.start("B")

@@ -9,6 +9,7 @@ runner and relay processes.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "TARGET_THROUGHPUT",
     "Client",
     "chain",
+    "idle_starts",
     "latency",
     "throughput",
 ]
@@ -245,6 +247,34 @@ def _traced(client: Client, name: str, runs: int) -> dict[str, float]:
     row("  steps handed over through the broker", f"{brokered} of {steps}")
     say("  (the others ran in the runner that wrote them, straight from their outbox row)")
     return medians
+
+
+def idle_starts(client: Client, runs: int) -> dict[str, Any]:
+    """Runs of one step started alone, each after 1-3 s with nothing to do.
+
+    The wait from a run's start to its first step, which the relay
+    publishes: what a webhook or a cron tick meets on a quiet platform,
+    where the relay and the broker connections sit idle between runs.
+    """
+    client.publish(chain("single", 1))
+    pause = random.Random(7)
+    waits = []
+    for _ in range(runs):
+        time.sleep(pause.uniform(1.0, 3.0))
+        job_id = client.start("single")[0]
+        client.wait_one(job_id, timeout=30)
+        waits.append(client.longest_wait(job_id)[0])
+    result = {
+        "median_ms": median(waits) * 1000,
+        "p90_ms": pct(waits, 90) * 1000,
+        "max_ms": max(waits) * 1000,
+    }
+    row(
+        f"start -> first step, {runs} runs",
+        f"{result['median_ms']:.1f} ms",
+        f"median; p90 {result['p90_ms']:.1f} ms, max {result['max_ms']:.1f} ms",
+    )
+    return result
 
 
 def throughput(client: Client, jobs: int, steps: int, batches: int) -> dict[str, Any]:

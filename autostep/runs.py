@@ -54,7 +54,7 @@ from autostep.completion import Completed, Completion, check_budget, next_step, 
 from autostep.conditions import evaluate
 from autostep.definitions import StepDefinition
 from autostep.events import JobFields, job_event, process_event
-from autostep.exceptions import ConflictError, NotFoundError, PermanentError
+from autostep.exceptions import ConflictError, InvalidInput, NotFoundError, PermanentError
 from autostep.messages import StepMessage
 from autostep.models import Job, JobStatus, Process, ProcessKind, ProcessStatus
 from autostep.outbox import OutboxWriter, withdraw_steps
@@ -92,16 +92,23 @@ def start_job(
 
     :class:`ConflictError` for an archived workflow; the workflow row is
     share-locked until commit, so archiving waits and then sees this run.
+    :class:`InvalidInput` naming ``input`` when the start step cannot take
+    it (its ``input`` mapping or ``for_each`` reads what ``input`` lacks);
+    the caller rolls back, so nothing of the run is written.
     Two statements (:mod:`autostep.starts`), unless the start step fans out.
     """
     input = check(JobInput, input, field="input")
     compiled = lock_start_version(session, project, workflow, version)
-    if fans_out(compiled):
-        return start_with_orm(session, compiled, trigger, input, trigger_id=trigger_id)
-    new = NewRuns(session)
-    job = new.add(compiled, trigger, input, trigger_id=trigger_id)
-    new.write()
-    return job
+    try:
+        if fans_out(compiled):
+            return start_with_orm(session, compiled, trigger, input, trigger_id=trigger_id)
+        new = NewRuns(session)
+        job = new.add(compiled, trigger, input, trigger_id=trigger_id)
+        new.write()
+        return job
+    except PermanentError as exc:
+        # The caller's value, not a step, is at fault: refuse the start.
+        raise InvalidInput(f"the start step cannot take it: {exc}", field="input") from None
 
 
 def start_with_orm(

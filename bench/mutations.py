@@ -380,6 +380,15 @@ MUTATIONS = (
         (RELAY,),
     ),
     Mutation(
+        "start-input-misfit-unrefused",
+        "an input the start step cannot take is refused with a problem naming input",
+        "autostep/runs.py",
+        '        raise InvalidInput(f"the start step cannot take it: {exc}", field="input")'
+        " from None\n",
+        "        raise\n",
+        (f"{HTTP}::test_bad_input_answers_a_problem_naming_the_field_and_writes_nothing",),
+    ),
+    Mutation(
         "tend-reads-past-heartbeat",
         "tending an idle broker connection reads its heartbeats and waits for nothing more",
         "autostep/confirmed.py",

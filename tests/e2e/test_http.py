@@ -142,6 +142,17 @@ def test_bad_input_answers_a_problem_naming_the_field_and_writes_nothing(
 ) -> None:
     workflow = _create_workflow(api, project, CHAIN)["workflow"]
     pid, wid = project["id"], workflow["id"]
+    # start steps that read the run's input: a mapping, and a fan-out
+    mapped = _create_workflow(
+        api,
+        project,
+        {"name": "mapped", "steps": [{"name": "a", "function": "noop", "input": {"n": "input.n"}}]},
+    )["workflow"]["id"]
+    fanned = _create_workflow(
+        api,
+        project,
+        {"name": "fanned", "steps": [{"name": "a", "function": "noop", "for_each": "input.items"}]},
+    )["workflow"]["id"]
     missing = str(uuid.uuid4())
     json_headers = {"content-type": "application/json"}
     before = _row_counts(session_factory)
@@ -216,6 +227,9 @@ def test_bad_input_answers_a_problem_naming_the_field_and_writes_nothing(
             422,
             [(None, "input")],
         ),
+        # an input the start step cannot take: refused, not a run failed at birth
+        (api.post(f"/workflows/{mapped}/jobs", json={"input": {}}), 422, [(None, "input")]),
+        (api.post(f"/workflows/{fanned}/jobs", json={"input": {}}), 422, [(None, "input")]),
         # not JSON, too large, of another type
         (api.post("/projects", content='{"name": ', headers=json_headers), 400, []),
         (
